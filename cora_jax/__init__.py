@@ -1,0 +1,1 @@
+"""cora_jax: CoRA (Collaborative LoRA) in JAX/Flax."""

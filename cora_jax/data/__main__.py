@@ -1,0 +1,129 @@
+"""`python -m cora_jax.data {build,stats,prompt,convert-pickle} ...` (tyro subcommands)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Literal
+
+import numpy as np
+import tyro
+
+from cora_jax.data.build import MonthWindows, Source, build_to, default_windows
+from cora_jax.data.prompts import PromptConfig, render_prompt
+from cora_jax.data.split import SPLIT_NAMES, DataError, Dataset, load_dataset
+
+Positional = tyro.conf.Positional
+
+
+def dataset_stats(ds: Dataset) -> dict:
+    """Rows, users, items, positive rate and warm/cold counts per split, plus the id space."""
+    out: dict = {"user_num": ds.user_num, "item_num": ds.item_num, "domain": ds.domain, "splits": {}}
+    for name in SPLIT_NAMES:
+        s = ds.splits[name]
+        out["splits"][name] = {
+            "rows": len(s), "users": int(len(np.unique(s.uid))), "items": int(len(np.unique(s.iid))),
+            "positive_rate": round(float(s.label.mean()), 4) if len(s) else None,
+            "warm": int((s.not_cold == 1).sum()), "cold": int((s.not_cold == 0).sum()),
+            "first_day": str(np.datetime64(int(s.timestamp.min()), "s").astype("datetime64[D]")),
+            "last_day": str(np.datetime64(int(s.timestamp.max()), "s").astype("datetime64[D]")),
+        }
+    return out
+
+
+def build(
+    source: Source,
+    out: pathlib.Path,
+    raw: pathlib.Path | None = None,
+    train_months: tuple[int, int] | None = None,
+    valid_months: tuple[int, int] | None = None,
+    test_months: tuple[int, int] | None = None,
+    origin: str | None = None,
+) -> None:
+    """Build a split from raw data (reference recipe) into OUT.
+
+    Args:
+        source: raw format: GroupLens ml-1m / ml-100k, RecBole ml-100k atomic files, Amazon 2018 Books.
+        out: output folder (train/valid/valid_small/test .jsonl.gz + BUILD.json); replaced atomically.
+        raw: folder with the raw files; omitted for ml-100k-recbole = the installed recbole wheel.
+        train_months: MovieLens: inclusive month range of train (months since ORIGIN); Amazon: calendar months.
+        valid_months: MovieLens only: inclusive month range of valid.
+        test_months: MovieLens only: inclusive month range of test.
+        origin: MovieLens only: "YYYY-MM" of month 0 (default: the source's; ml-1m: the first rating's month).
+    """
+    w = default_windows(source)
+    if isinstance(w, MonthWindows):
+        changes = {k: v for k, v in (("train", train_months), ("valid", valid_months), ("test", test_months),
+                                     ("origin", origin)) if v is not None}
+        w = dataclasses.replace(w, **changes)
+    else:
+        if valid_months or test_months or origin:
+            raise SystemExit("amazon-book: only --train-months applies (valid/test halve the held-out month)")
+        if train_months is not None:
+            w = dataclasses.replace(w, train_months=train_months)
+    start = time.perf_counter()
+    path, ds = build_to(source, out, raw, w)
+    print(json.dumps({"out": str(path), "seconds": round(time.perf_counter() - start, 2), **dataset_stats(ds)}))
+
+
+def stats(path: Positional[pathlib.Path]) -> None:
+    """Print one JSON object with per-split rows, users, items, positive rate and warm/cold counts."""
+    print(json.dumps(dataset_stats(load_dataset(path))))
+
+
+def prompt(path: Positional[pathlib.Path], split: str = "test", index: int = 0,
+           domain: Literal["movie", "book"] | None = None) -> None:
+    """Print the rendered prompt of one row (split may be test_warm, valid_cold, ...)."""
+    ds = load_dataset(path)
+    s = ds[split]
+    if not 0 <= index < len(s):
+        raise SystemExit(f"--index {index} is out of range: {split} has {len(s)} rows")
+    his = s.history(index)[1:]
+    cfg = PromptConfig(domain=domain or ds.domain)
+    print(render_prompt(ds.item_titles[his].tolist(), ds.item_titles[int(s.iid[index])], cfg))
+
+
+def convert_pickle(
+    train: pathlib.Path,
+    valid: pathlib.Path,
+    test: pathlib.Path,
+    out: pathlib.Path,
+    valid_small: pathlib.Path | None = None,
+    i_trust_these_files: bool = False,
+) -> None:
+    """Convert CoLLM's pandas pickles into the JSON Lines layout (needs pandas; opt-in).
+
+    WARNING: unpickling can run arbitrary code. Only convert files whose origin you trust, and pass
+    --i-trust-these-files to confirm. Without --valid-small it is sampled from valid (frac 0.5, seed 2023).
+
+    Args:
+        train: CoLLM train pickle (a DataFrame with uid, iid, label, timestamp, his, his_title, title, ...).
+        valid: CoLLM valid pickle.
+        test: CoLLM test pickle.
+        out: output folder.
+        valid_small: CoLLM valid_small pickle, if you have it.
+        i_trust_these_files: confirm that you trust the pickles (they can run code when loaded).
+    """
+    from cora_jax.data.convert import convert_collm_pickles
+
+    print("warning: pickles can run arbitrary code when loaded; convert only files you trust.", file=sys.stderr)
+    if not i_trust_these_files:
+        raise SystemExit("refusing to unpickle without --i-trust-these-files")
+    convert_collm_pickles({"train": train, "valid": valid, "test": test, "valid_small": valid_small}, out)
+    print(json.dumps(dataset_stats(load_dataset(out))))
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        tyro.extras.subcommand_cli_from_dict(
+            {"build": build, "stats": stats, "prompt": prompt, "convert-pickle": convert_pickle},
+            prog="python -m cora_jax.data", args=args,
+        )
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

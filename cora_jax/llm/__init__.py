@@ -1,0 +1,19 @@
+"""Llama-family decoder in Flax NNX with per-sample low-rank weight deltas (Contract 4).
+
+Public API:
+    LlamaConfig, RopeScaling      model configuration (from HF config.json or GGUF metadata)
+    Llama, LowRankDelta           the decoder and the side-branch weight delta it accepts
+    load_llm                      weights + tokenizer from an HF dir, a .gguf file, or the embedded SmolLM2
+    Tokenizer                     BOS-prepending encoder, answer-token lookup, left-padded batches
+"""
+from .config import ConfigError, LlamaConfig, RopeScaling, llama2_7b, smollm2_135m
+from .model import TARGETS, Llama, LowRankDelta
+from .tokenizer import Tokenizer, length_buckets
+from .weights import WeightError, load_llm, load_weights
+
+__all__ = [
+    "ConfigError", "LlamaConfig", "RopeScaling", "llama2_7b", "smollm2_135m",
+    "TARGETS", "Llama", "LowRankDelta",
+    "Tokenizer", "length_buckets",
+    "WeightError", "load_llm", "load_weights",
+]

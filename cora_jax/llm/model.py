@@ -1,0 +1,373 @@
+"""Llama decoder in Flax NNX with a per-sample low-rank side branch on its projections.
+
+Module and parameter names mirror Hugging Face's LlamaForCausalLM (model.embed_tokens,
+model.layers.self_attn.q_proj, model.layers.mlp.gate_proj, model.norm, lm_head), with two
+Flax conventions: a projection's weight is `kernel` stored [d_in, d_out] (HF stores
+`weight` [d_out, d_in]) and the embedding table is `embedding`. The decoder layers are stored
+stacked with a leading layer axis and run with `jax.lax.scan`, so a 30- or 32-layer model
+compiles one layer body instead of 30 copies.
+
+A low-rank delta (CoRA's collaborative weights, or LoRA) enters every targeted projection as
+    y = x W + scale * ((dropout(x) A) B)
+computed as a side branch on activations; W + A B is never materialised per sample.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from .config import LlamaConfig
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Projections that read the same input inside a layer; a shared A for a group is applied once.
+_INPUT_GROUPS = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}
+
+
+@struct.dataclass
+class LowRankDelta:
+    """Low-rank weight delta for the targeted projections: y = x W + scale * (dropout(x) A) B.
+
+    a[t]: [d_in, r] (shared) | [B, d_in, r] (per sample), the same for all layers; with
+          a_per_layer=True (or 4-D) one per layer: [L, d_in, r] | [L, B, d_in, r].
+    b[t]: [L, r, d_out] (shared) | [L, B, r, d_out] (per sample), one per layer.
+    Targets absent from `a` get no delta. Targets reading the same input (q/k/v, gate/up) that
+    are given the very same A array share one x A product and one dropout mask.
+    """
+
+    a: dict[str, jax.Array]
+    b: dict[str, jax.Array]
+    scale: float = struct.field(pytree_node=False)
+    dropout_rate: float = struct.field(pytree_node=False, default=0.0)
+    a_per_layer: bool = struct.field(pytree_node=False, default=False)  # disambiguates 3-D A: [L,d,r] vs [B,d,r]
+
+    def check(self, cfg: LlamaConfig, batch: int) -> None:
+        """Raise ValueError naming the target whose factor shapes disagree with the model."""
+        dims = cfg.target_dims()
+        L = cfg.num_hidden_layers
+        if set(self.a) != set(self.b):
+            raise ValueError(f"LowRankDelta: targets of a {sorted(self.a)} and b {sorted(self.b)} differ")
+        for t in self.a:
+            if t not in dims:
+                raise ValueError(f"LowRankDelta: unknown target {t!r}; targets are {TARGETS}")
+            d_in, d_out = dims[t]
+            a, b = self.a[t], self.b[t]
+            per_layer = self.a_per_layer or a.ndim == 4
+            core = a.shape[1:] if per_layer else a.shape
+            if (per_layer and a.shape[0] != L) or len(core) not in (2, 3) or core[-2] != d_in \
+                    or (len(core) == 3 and core[0] != batch):
+                raise ValueError(f"LowRankDelta.a[{t!r}] has shape {a.shape}; expected [{d_in}, r] or [{batch}, {d_in}, r]"
+                                 f"{f', with a leading layer axis {L}' if per_layer else ''}")
+            r = core[-1]
+            if b.ndim not in (3, 4) or b.shape[0] != L or b.shape[-2:] != (r, d_out) or (b.ndim == 4 and b.shape[1] != batch):
+                raise ValueError(f"LowRankDelta.b[{t!r}] has shape {b.shape}; expected [{L}, {r}, {d_out}] or [{L}, {batch}, {r}, {d_out}]")
+
+
+# ------------------------------------------------------------------------------------- layers
+def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """x W (+ bias), W stored [(L,) d_in, d_out]; the low-rank branch is added by the caller's plan."""
+
+    def __init__(self, d_in: int, d_out: int, *, cfg: LlamaConfig, axes: tuple[str, str], use_bias: bool,
+                 stack: int | None, rngs: nnx.Rngs):
+        lead = (stack,) if stack else ()
+        lead_axes = ("layers",) if stack else ()
+        self.kernel = nnx.Param(_normal(rngs, lead + (d_in, d_out), cfg.weight_dtype), axes=lead_axes + axes)
+        self.bias = nnx.Param(jnp.zeros(lead + (d_out,), cfg.weight_dtype), axes=lead_axes + axes[1:]) if use_bias else None
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, x_btd: jax.Array, branch_bto: jax.Array | None = None) -> jax.Array:
+        y = jnp.einsum("btd,do->bto", x_btd, self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if branch_bto is not None:
+            y = y + branch_bto.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, cfg: LlamaConfig, stack: int | None = None):
+        lead = (stack,) if stack else ()
+        self.weight = nnx.Param(jnp.ones(lead + (dim,), cfg.weight_dtype), axes=(("layers",) if stack else ()) + ("norm",))
+        self.eps = cfg.rms_norm_eps
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        # HF computes the statistics in float32 and casts back before the weight multiply.
+        x32 = x_btd.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, vocab: int, dim: int, *, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(_normal(rngs, (vocab, dim), cfg.weight_dtype), axes=("vocab", "embed"))
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, ids_bt: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids_bt, axis=0).astype(self.dtype)
+
+
+def rope_inv_freq(cfg: LlamaConfig, max_pos: jax.Array | None = None) -> tuple[jax.Array, float]:
+    """Inverse frequencies [head_dim/2] and the cos/sin multiplier, per HF's rope_type variants.
+
+    max_pos: largest position in the batch (only the "dynamic" variant depends on it).
+    """
+    dim, base = cfg.head_dim, cfg.rope_theta
+    exponent = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    inv = (1.0 / (np.float32(base) ** exponent)).astype(np.float32)
+    rs = cfg.rope_scaling
+    if rs is None:
+        return jnp.asarray(inv), 1.0
+    if rs.rope_type == "linear":
+        return jnp.asarray(inv / np.float32(rs.factor)), 1.0
+    if rs.rope_type == "dynamic":
+        # NTK-aware base growth once the batch runs past max_position_embeddings (HF semantics).
+        m = float(cfg.max_position_embeddings)
+        seq = jnp.maximum(max_pos.astype(jnp.float32) + 1.0, m) if max_pos is not None else jnp.float32(m)
+        new_base = base * ((rs.factor * seq / m) - (rs.factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / (new_base ** jnp.asarray(exponent)), 1.0
+    if rs.rope_type == "llama3":
+        old = float(rs.original_max_position_embeddings)
+        low_wavelen, high_wavelen = old / rs.low_freq_factor, old / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
+        smooth = (old / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return jnp.asarray(np.where(medium, smoothed, scaled).astype(np.float32)), 1.0
+    raise ValueError(f"rope_type {rs.rope_type!r} is not implemented")
+
+
+def _rotate(x_bthd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array) -> jax.Array:
+    # HF layout: the two rotated halves are the first and second half of the head (rotate_half).
+    half = x_bthd.shape[-1] // 2
+    rot = jnp.concatenate([-x_bthd[..., half:], x_bthd[..., :half]], axis=-1)
+    return x_bthd * cos_btd[:, :, None, :] + rot * sin_btd[:, :, None, :]
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
+        d, hd = cfg.hidden_size, cfg.head_dim
+        kw = dict(cfg=cfg, use_bias=cfg.attention_bias, stack=stack, rngs=rngs)
+        self.q_proj = Linear(d, cfg.num_attention_heads * hd, axes=("embed", "q_heads"), **kw)
+        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), **kw)
+        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), **kw)
+        self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), **kw)
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+        self.dtype = cfg.compute_dtype
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(cfg=cfg, use_bias=cfg.mlp_bias, stack=stack, rngs=rngs)
+        self.gate_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
+        self.up_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
+        self.down_proj = Linear(f, d, axes=("mlp", "embed"), **kw)
+
+
+class DecoderLayer(nnx.Module):
+    """One decoder layer; as a stored module it holds all L layers stacked on a leading axis."""
+
+    def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg, stack=stack)
+        self.self_attn = Attention(cfg, stack=stack, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg, stack=stack)
+        self.mlp = MLP(cfg, stack=stack, rngs=rngs)
+
+    def __call__(self, h_btd, cos_btd, sin_btd, bias_b1ts, lora: "_LayerLora") -> jax.Array:
+        """h_btd: [B, T, D]; cos/sin: [B, T, head_dim]; bias_b1ts: [B, 1, T, S] additive mask."""
+        att = self.self_attn
+        B, T, _ = h_btd.shape
+        x = self.input_layernorm(h_btd)
+        lora.new_input(0, x)
+        q = att.q_proj(x, lora("q_proj")).reshape(B, T, att.n_heads, att.head_dim)
+        k = att.k_proj(x, lora("k_proj")).reshape(B, T, att.n_kv, att.head_dim)
+        v = att.v_proj(x, lora("v_proj")).reshape(B, T, att.n_kv, att.head_dim)
+        q, k = _rotate(q, cos_btd, sin_btd), _rotate(k, cos_btd, sin_btd)
+        g = att.n_heads // att.n_kv  # query heads per key/value head (GQA); 1 = MHA, n_heads = MQA
+        q = q.reshape(B, T, att.n_kv, g, att.head_dim)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32) / math.sqrt(att.head_dim)
+        probs = jax.nn.softmax(scores + bias_b1ts[:, :, None], axis=-1).astype(att.dtype)
+        ctx = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, att.n_heads * att.head_dim)
+        lora.new_input(1, ctx)
+        h_btd = h_btd + att.o_proj(ctx, lora("o_proj"))
+
+        x = self.post_attention_layernorm(h_btd)
+        lora.new_input(2, x)
+        gate, up = self.mlp.gate_proj(x, lora("gate_proj")), self.mlp.up_proj(x, lora("up_proj"))
+        hidden = jax.nn.silu(gate) * up
+        lora.new_input(3, hidden)
+        return h_btd + self.mlp.down_proj(hidden, lora("down_proj"))
+
+
+class _LayerLora:
+    """Per-layer plan of the side branch: caches dropout(x) and x A per input and per A array."""
+
+    def __init__(self, a_keys: dict[str, int], a_arrays: list, b: dict[str, jax.Array], scale: float,
+                 dropout_rate: float, rng: jax.Array | None, dtype):
+        self.a_keys, self.a_arrays, self.b, self.scale = a_keys, a_arrays, b, scale
+        self.rate, self.rng, self.dtype = dropout_rate, rng, dtype
+        self.x = None
+        self.xa: dict[int, jax.Array] = {}
+
+    def new_input(self, group: int, x_btd: jax.Array) -> None:
+        if not self.a_keys:
+            return
+        if self.rate > 0.0 and self.rng is not None:
+            keep = jax.random.bernoulli(jax.random.fold_in(self.rng, group), 1.0 - self.rate, x_btd.shape)
+            x_btd = jnp.where(keep, x_btd / (1.0 - self.rate), 0).astype(x_btd.dtype)
+        self.x, self.xa = x_btd, {}
+
+    def __call__(self, target: str) -> jax.Array | None:
+        key = self.a_keys.get(target)
+        if key is None:
+            return None
+        if key not in self.xa:
+            a = self.a_arrays[key].astype(self.dtype)
+            spec = "btd,bdr->btr" if a.ndim == 3 else "btd,dr->btr"
+            # the scale is applied on the rank-r activations, the cheapest place
+            self.xa[key] = jnp.einsum(spec, self.x, a) * jnp.asarray(self.scale, self.dtype)
+        b = self.b[target].astype(self.dtype)
+        return jnp.einsum("btr,bro->bto" if b.ndim == 3 else "btr,ro->bto", self.xa[key], b)
+
+
+_NO_LORA = _LayerLora({}, [], {}, 0.0, 0.0, None, jnp.float32)
+
+
+def _remat_policy(name: str):
+    return {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
+class LlamaModel(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, cfg=cfg, rngs=rngs)
+        self.layers = DecoderLayer(cfg, stack=cfg.num_hidden_layers, rngs=rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg=cfg)
+
+
+class Llama(nnx.Module):
+    """LlamaForCausalLM: `model` (embed_tokens, layers, norm) and `lm_head` unless tied."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = cfg
+        self.model = LlamaModel(cfg, rngs=rngs)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            cfg.hidden_size, cfg.vocab_size, cfg=cfg, axes=("embed", "vocab"), use_bias=False, stack=None, rngs=rngs)
+
+    # --------------------------------------------------------------------------- internals
+    def _hidden(self, input_ids, attention_mask, delta, input_embeds, dropout_rng) -> jax.Array:
+        """Final-normed hidden states [B, T, D]."""
+        cfg = self.config
+        dt = cfg.compute_dtype
+        h = (self.model.embed_tokens(input_ids) if input_embeds is None else input_embeds.astype(dt))
+        B, T, _ = h.shape
+        mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        # positions count real tokens only, so a left-padded prompt sees the positions it has alone
+        pos = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+        inv_freq, att_scale = rope_inv_freq(cfg, jnp.max(pos))
+        ang = pos.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+        ang = jnp.concatenate([ang, ang], axis=-1)
+        cos, sin = (jnp.cos(ang) * att_scale).astype(dt), (jnp.sin(ang) * att_scale).astype(dt)
+        causal = jnp.tril(jnp.ones((T, T), bool))
+        allowed = causal[None, None] & (mask[:, None, None, :] > 0)
+        bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)  # [B, 1, T, S]
+
+        per_layer, shared, a_keys, b_all = self._split_delta(delta, B)
+        graphdef, layer_state = nnx.split(self.model.layers)
+
+        def body(h_btd, xs):
+            state_l, a_l, b_l, idx = xs
+            layer = nnx.merge(graphdef, state_l)
+            if delta is None:
+                lora = _NO_LORA
+            else:
+                arrays = [a_l[i] if i in a_l else shared[i] for i in range(len(shared))]
+                rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, idx)
+                lora = _LayerLora(a_keys, arrays, b_l, delta.scale, delta.dropout_rate, rng, dt)
+            return layer(h_btd, cos, sin, bias, lora), None
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=False)
+        xs = (layer_state, per_layer, b_all, jnp.arange(cfg.num_hidden_layers))
+        h, _ = jax.lax.scan(body, h, xs)
+        return h
+
+    def _split_delta(self, delta: LowRankDelta | None, batch: int):
+        """Unique A arrays (by identity, so a shared G is applied once per input), split into
+        per-layer ones (scanned) and layer-shared ones (closed over)."""
+        if delta is None:
+            return {}, [], {}, {}
+        delta.check(self.config, batch)
+        uniq: list = []
+        a_keys: dict[str, int] = {}
+        for t in TARGETS:
+            if t in delta.a:
+                a = delta.a[t]
+                same = [i for i, u in enumerate(uniq) if u is a]
+                a_keys[t] = same[0] if same else len(uniq)
+                if not same:
+                    uniq.append(a)
+        per_layer = {i: a for i, a in enumerate(uniq) if delta.a_per_layer or a.ndim == 4}
+        shared = [None if i in per_layer else a for i, a in enumerate(uniq)]
+        return per_layer, shared, a_keys, dict(delta.b)
+
+    def _head_rows(self, ids_k: jax.Array) -> jax.Array:
+        """LM-head rows [K, D] of the given vocabulary ids only."""
+        if self.lm_head is None:
+            w = jnp.take(self.model.embed_tokens.embedding[...], ids_k, axis=0)
+        else:
+            w = jnp.take(self.lm_head.kernel[...], ids_k, axis=1).T
+        return w.astype(self.config.compute_dtype)
+
+    # ------------------------------------------------------------------------------ public
+    def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None, delta: LowRankDelta | None = None,
+                 *, input_embeds: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """Full logits [B, T, V] (tests and generation).
+
+        input_ids: int [B, T]; attention_mask: int [B, T] (1 real, 0 pad; None = all real);
+        input_embeds: [B, T, D] replaces the embedding lookup when given;
+        dropout_rng: key for the delta's branch dropout; None -> deterministic (eval).
+        """
+        h = self._hidden(input_ids, attention_mask, delta, input_embeds, dropout_rng)
+        h = self.model.norm(h)
+        if self.lm_head is None:
+            w = self.model.embed_tokens.embedding[...].astype(h.dtype)
+            return jnp.einsum("btd,vd->btv", h, w).astype(jnp.float32)
+        return self.lm_head(h).astype(jnp.float32)
+
+    def score(self, input_ids: jax.Array | None, attention_mask: jax.Array | None, answer_ids: Any,
+              delta: LowRankDelta | None = None, *, input_embeds: jax.Array | None = None,
+              dropout_rng: jax.Array | None = None) -> jax.Array:
+        """Logits [B, K] float32 of answer_ids (int [K]) at each row's last real position.
+
+        Only K rows of the LM head are used; the full-vocabulary head is never computed.
+        """
+        h = self._hidden(input_ids, attention_mask, delta, input_embeds, dropout_rng)
+        B, T, _ = h.shape
+        if attention_mask is None:
+            last = jnp.full((B,), T - 1)
+        else:
+            last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(T)[None], 0), axis=-1)
+        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)  # [B, 1, D]
+        h_last = self.model.norm(h_last)[:, 0]
+        rows = self._head_rows(jnp.asarray(answer_ids, jnp.int32).reshape(-1))
+        return jnp.einsum("bd,kd->bk", h_last, rows).astype(jnp.float32)
+
+
+def abstract_llama(cfg: LlamaConfig) -> nnx.State:
+    """Parameter shapes of a model with this config, without allocating it (jax.eval_shape)."""
+    return jax.eval_shape(lambda: nnx.state(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+
+
+def param_count(state: nnx.State) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))

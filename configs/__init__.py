@@ -1,0 +1,16 @@
+"""Named experiment presets (frozen dataclasses). `PRESETS[name]` -> TrainConfig; `get_preset(name)`."""
+from configs.cora import PRESETS
+
+
+class UnknownPresetError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_preset(name: str):
+    if name not in PRESETS:
+        raise UnknownPresetError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+__all__ = ["PRESETS", "UnknownPresetError", "get_preset"]

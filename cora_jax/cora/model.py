@@ -1,0 +1,129 @@
+"""The CoRA scorer (cora-reference.md §5): a frozen Llama whose target projections get the
+per-sample side branch y = x W + (alpha/r) * (dropout(x) G) P, with G from the generator.
+
+Every target whose input width is d_model (q/k/v/o, gate/up) uses the sample's G. down_proj reads
+the FFN width (intermediate_size), which G cannot multiply; under "qkvof" it therefore gets a
+learned per-layer A [L, ffn, r] (LoRA-style init, shared by all samples) with its own zero-init P.
+That keeps qkvof a strict superset of qkvo whose extra FFN branch starts at zero, like the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cora_jax.cora.generator import CollabWeightGenerator, GeneratorConfig
+from cora_jax.llm import Llama, LowRankDelta
+
+# Weight-type presets of the paper's Table 4 -> the projections that get a side branch.
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qkvof": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "qko": ("q_proj", "k_proj", "o_proj"),
+    "qk": ("q_proj", "k_proj"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CoRAConfig:
+    generator: GeneratorConfig = GeneratorConfig()  # the collaborative weights generator
+    rank: int = 16                  # r: columns of G, rows of every P
+    alpha: float = 32.0             # branch scale is alpha / r
+    branch_dropout: float = 0.05    # dropout on the side branch's input x
+    targets: str = "qkvo"           # key of TARGET_PRESETS
+    d_model: int | None = None      # expected LLM hidden size; None = take the LLM's (set it to catch a wrong --llm)
+    cf_dim: int | None = None       # expected CF embedding size; None = take the CF checkpoint's
+
+    def validate(self) -> None:
+        if self.targets not in TARGET_PRESETS:
+            raise ValueError(f"CoRAConfig.targets: unknown preset {self.targets!r}; choose one of {sorted(TARGET_PRESETS)}")
+        if self.rank < 1:
+            raise ValueError(f"CoRAConfig.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.branch_dropout < 1.0:
+            raise ValueError(f"CoRAConfig.branch_dropout must be in [0, 1), got {self.branch_dropout}")
+        self.generator.validate()
+
+
+def projection_dims(llm_cfg, target: str) -> tuple[int, int]:
+    """(d_in, d_out) of one target projection of the Llama config."""
+    q_width = llm_cfg.num_attention_heads * llm_cfg.head_dim
+    kv_width = llm_cfg.num_key_value_heads * llm_cfg.head_dim
+    d, f = llm_cfg.hidden_size, llm_cfg.intermediate_size
+    return {
+        "q_proj": (d, q_width), "k_proj": (d, kv_width), "v_proj": (d, kv_width), "o_proj": (q_width, d),
+        "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d),
+    }[target]
+
+
+class Factors(nnx.Module):
+    """One learned array per target projection, as attributes named after the target."""
+
+    def __init__(self, arrays: dict[str, jax.Array]):
+        for name, value in arrays.items():
+            setattr(self, name, nnx.Param(value))
+
+    def get(self, name: str) -> jax.Array:
+        return getattr(self, name)[...]
+
+
+class CoRA(nnx.Module):
+    """Frozen `llm` + trainable `generator`, `p` (and `own_a` for targets G cannot feed)."""
+
+    def __init__(self, cfg: CoRAConfig, llm: Llama, cf_dim: int, answer_id: int, *, rngs: nnx.Rngs):
+        cfg.validate()
+        lc = llm.config
+        if cfg.d_model is not None and cfg.d_model != lc.hidden_size:
+            raise ValueError(
+                f"CoRAConfig.d_model = {cfg.d_model} but the LLM's hidden_size is {lc.hidden_size}: "
+                "the generator would emit G of the wrong shape (wrong --llm, or fix --model.d-model)"
+            )
+        if cfg.cf_dim is not None and cfg.cf_dim != cf_dim:
+            raise ValueError(f"CoRAConfig.cf_dim = {cfg.cf_dim} but the CF checkpoint's embeddings have dim {cf_dim}")
+        self.cfg = cfg
+        self.answer_id = int(answer_id)
+        self.targets = TARGET_PRESETS[cfg.targets]
+        self.llm = llm
+        self.generator = CollabWeightGenerator(cfg.generator, 2 * cf_dim, lc.hidden_size, cfg.rank, rngs=rngs)
+        n_layers = lc.num_hidden_layers
+        dims = {t: projection_dims(lc, t) for t in self.targets}
+        self.p = Factors({t: jnp.zeros((n_layers, cfg.rank, d_out), jnp.float32) for t, (_, d_out) in dims.items()})
+        # PEFT's LoRA A init (kaiming_uniform a=sqrt(5)) = U(-1/sqrt(d_in), 1/sqrt(d_in)).
+        own = {
+            t: jax.random.uniform(rngs.params(), (n_layers, d_in, cfg.rank), jnp.float32, -1, 1) / math.sqrt(d_in)
+            for t, (d_in, _) in dims.items() if d_in != lc.hidden_size
+        }
+        self.own_a = Factors(own)
+        self.own_a_targets = tuple(own)
+
+    def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None) -> LowRankDelta:
+        """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target)."""
+        g_bdr = self.generator(jnp.concatenate([e_u_bd, e_i_bd], axis=-1), rng=rng)
+        batch = g_bdr.shape[0]
+        a = {}
+        for t in self.targets:
+            if t in self.own_a_targets:  # [L, d_in, r] -> [L, B, d_in, r]: 4-D marks it per layer beside the per-sample G
+                own = self.own_a.get(t)
+                a[t] = jnp.broadcast_to(own[:, None], (own.shape[0], batch, *own.shape[1:]))
+            else:
+                a[t] = g_bdr
+        b = {t: self.p.get(t) for t in self.targets}
+        return LowRankDelta(a=a, b=b, scale=self.cfg.alpha / self.cfg.rank, dropout_rate=self.cfg.branch_dropout)
+
+    def __call__(
+        self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array, e_u_bd: jax.Array, e_i_bd: jax.Array,
+        *, rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Left-padded prompts [B, T] + CF embeddings [B, cf_dim] -> "Yes" logits [B]. rng=None: eval mode."""
+        gen_rng = None if rng is None else jax.random.fold_in(rng, 0)
+        branch_rng = None if rng is None else jax.random.fold_in(rng, 1)
+        delta = self.delta(e_u_bd, e_i_bd, rng=gen_rng)
+        answer = jnp.asarray([self.answer_id], jnp.int32)
+        return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
+
+
+# Trainable = every Param outside the LLM: generator, p, own_a. The LLM is frozen by construction.
+TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))

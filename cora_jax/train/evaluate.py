@@ -1,0 +1,166 @@
+"""Scoring a finished run (best checkpoint) or the zero-shot base LLM on test / warm / cold / valid,
+beside the CF model's own scores on the same rows and the paper's row; writes results.json,
+results.md and scores.jsonl into an output folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from cora_jax.train.checkpoint import RunCheckpoints, write_json
+from cora_jax.train.config import TrainConfig, from_dict
+from cora_jax.train.loop import (
+    CONFIG_FILE, SetupError, Setup, base_score_fn, build_model, cora_score_fn, get_split, load_setup,
+    prepare_split, restore_trainable, score_rows,
+)
+
+# The paper's Table 3 (Vicuna-7B, ML-1M): (AUC, UAUC). Printed beside our rows for orientation.
+PAPER_ML1M = {
+    "MF": (0.6486, 0.6396), "LightGCN": (0.5858, 0.6512), "SASRec": (0.7005, 0.6734), "ICL": (0.5119, 0.5178),
+    "CoRA-MF": (0.7361, 0.6884), "CoRA-LGCN": (0.7128, 0.6966), "CoRA-SAS": (0.7019, 0.6517),
+}
+CF_NAMES = {"mf": "MF", "lightgcn": "LightGCN", "sasrec": "SASRec"}
+CORA_NAMES = {"mf": "CoRA-MF", "lightgcn": "CoRA-LGCN", "sasrec": "CoRA-SAS"}
+
+
+def _metrics_dict(m) -> dict:
+    return dataclasses.asdict(m) if dataclasses.is_dataclass(m) else dict(m)
+
+
+def split_report(split, scores: np.ndarray, *, views: bool) -> dict[str, dict]:
+    """{name: metrics} for the split and, when views, its warm and cold parts."""
+    from cora_jax.metrics import evaluate_split, warm_cold_report
+
+    if views:
+        return {k: _metrics_dict(v) for k, v in warm_cold_report(split, scores).items()}
+    return {split.name: _metrics_dict(evaluate_split(split, scores))}
+
+
+def _fmt(m: dict | None) -> str:
+    if not m:
+        return "| – | – |"
+    auc = "nan" if m["auc"] is None or np.isnan(m["auc"]) else f"{m['auc']:.4f}"
+    uauc = "nan" if m["uauc"] is None or np.isnan(m["uauc"]) else f"{m['uauc']:.4f}"
+    return f"| {auc} | {uauc} ({m['uauc_users']}/{m['users']} users) |"
+
+
+def markdown_table(results: dict) -> str:
+    """One row per (model, split); the CF model and the paper's numbers beside ours."""
+    lines = [f"# {results['title']}", "", "| model | split | rows | AUC | UAUC |", "|---|---|---|---|---|"]
+    for model_name, per_split in results["models"].items():
+        for split_name, m in per_split.items():
+            lines.append(f"| {model_name} | {split_name} | {m['rows']} {_fmt(m)}")
+    paper = results.get("paper") or {}
+    if paper:
+        lines += ["", f"Paper (Table 3, {paper['setting']}), test:", "", "| model | AUC | UAUC |", "|---|---|---|"]
+        for name, (auc, uauc) in paper["rows"].items():
+            lines.append(f"| {name} | {auc:.4f} | {uauc:.4f} |")
+    lines += ["", results.get("note", "")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_outputs(out_dir: pathlib.Path, results: dict, rows: list[dict]) -> pathlib.Path:
+    """results.json, results.md, scores.jsonl into out_dir; returns the results.json path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "scores.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(results))
+    write_json(out_dir / "results.json", results)
+    return out_dir / "results.json"
+
+
+def _score_rows_records(name: str, split, scores: np.ndarray, tag: str) -> list[dict]:
+    return [
+        {"model": tag, "split": name, "uid": int(u), "iid": int(i), "label": int(y), "score": float(s)}
+        for u, i, y, s in zip(split.uid, split.iid, split.label, scores)
+    ]
+
+
+def score_splits(setup: Setup, fn, splits: tuple[str, ...], limit: int | None, sample_seed: int | None,
+                 batch_size: int, bucket: int, tag: str, progress: bool = True) -> tuple[dict, dict, list[dict]]:
+    """(our metrics, CF metrics, score records) over the requested splits; test/valid get warm/cold views."""
+    ours, cf_metrics, records = {}, {}, []
+    for name in splits:
+        split = get_split(setup.dataset, name, limit, sample_seed)
+        inputs = prepare_split(setup, split)
+        scores = score_rows(fn, inputs, batch_size, setup.tokenizer.pad_id, bucket, desc=f"{tag} {name}", progress=progress)
+        views = name in ("test", "valid", "valid_small")
+        ours.update(split_report(split, scores, views=views))
+        records += _score_rows_records(name, split, scores, tag)
+        if setup.cf is not None:
+            cf_metrics.update(split_report(split, setup.cf.scores(split), views=views))
+    return ours, cf_metrics, records
+
+
+def _limit_note(limit: int | None, sample_seed: int | None) -> str:
+    if not limit:
+        return ""
+    if sample_seed is None:
+        return f"limit: the first {limit} rows of each split in file order"
+    return f"limit: {limit} rows of each split drawn at random with seed {sample_seed}"
+
+
+def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise SetupError(f"{run_dir} is not a CoRA run directory (no {CONFIG_FILE}); train one with python train.py cora")
+    return from_dict(TrainConfig, json.loads(path.read_text()), str(path))
+
+
+def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test", "valid"), limit: int | None = None,
+                 out: str | pathlib.Path | None = None, setup: Setup | None = None, progress: bool = True,
+                 sample_seed: int | None = None) -> dict:
+    """Score the run's best checkpoint; writes into `out` (default RUN/eval) and returns the results dict."""
+    t0 = time.time()
+    run_dir = pathlib.Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = RunCheckpoints(run_dir, async_save=False)
+    best = ckpt.best_step()
+    ckpt.close()
+    if best is None:
+        raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
+    setup = setup or load_setup(cfg)
+    model = build_model(cfg, setup)
+    graphdef, trainable, frozen = restore_trainable(run_dir, best, model, cfg)
+    score = cora_score_fn(graphdef, frozen)
+    tag = CORA_NAMES.get(setup.cf.kind, "CoRA")
+    ours, cf_m, records = score_splits(setup, lambda b: score(trainable, b), splits, limit, sample_seed, cfg.eval_batch_size,
+                                       cfg.length_bucket, tag, progress)
+    results = {
+        "title": f"{tag} ({run_dir}, best step {best})", "kind": "cora", "run": str(run_dir), "best_step": best,
+        "data": cfg.data, "llm": cfg.llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit,
+        "models": {tag: ours, f"{CF_NAMES.get(setup.cf.kind, setup.cf.kind)} (CF, same rows)": cf_m},
+        "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {k: PAPER_ML1M[k] for k in (tag, CF_NAMES[setup.cf.kind], "ICL")}},
+        "note": _limit_note(limit, sample_seed),
+        "wall_s": time.time() - t0,
+    }
+    return {**results, "results_json": str(write_outputs(pathlib.Path(out or run_dir / "eval"), results, records))}
+
+
+def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("test", "valid"), limit: int | None = None,
+                       out: str | pathlib.Path = "runs/zero-shot", cf: str | None = None, max_titles: int = 10,
+                       eval_batch_size: int = 32, length_bucket: int = 8, llm_dtype: str = "float32",
+                       setup: Setup | None = None, progress: bool = True, sample_seed: int | None = None) -> dict:
+    """Score the frozen base LLM (ICL): the same prompts, no delta. `cf` adds the CF model's scores."""
+    t0 = time.time()
+    cfg = TrainConfig(data=data, llm=llm, cf=cf or "", max_titles=max_titles, eval_batch_size=eval_batch_size,
+                      length_bucket=length_bucket, llm_dtype=llm_dtype)
+    setup = setup or load_setup(cfg, need_cf=cf is not None)
+    fn = base_score_fn(setup.llm, setup.answer_id)
+    ours, cf_m, records = score_splits(setup, fn, splits, limit, sample_seed, eval_batch_size, length_bucket, "ICL",
+                                       progress)
+    models = {"ICL (zero-shot base LLM)": ours}
+    if cf_m:
+        models[f"{CF_NAMES.get(setup.cf.kind, setup.cf.kind)} (CF, same rows)"] = cf_m
+    results = {
+        "title": f"Zero-shot {llm or 'SmolLM2-135M-Instruct (embedded)'} on {data}", "kind": "zero_shot",
+        "data": data, "llm": llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit, "max_titles": max_titles,
+        "models": models, "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {"ICL": PAPER_ML1M["ICL"]}},
+        "note": _limit_note(limit, sample_seed), "wall_s": time.time() - t0,
+    }
+    return {**results, "results_json": str(write_outputs(pathlib.Path(out), results, records))}

@@ -1,0 +1,394 @@
+"""CoRA training: setup + validation, length-bucketed batches, the jitted step, early stopping on
+valid_small AUC, Orbax checkpoints (latest + best) and exact resume.
+
+Exact resume: everything a step consumes is a function of (step, seed) or of checkpointed state.
+Batch composition comes from `TrainOrder` (a per-pass permutation seeded by (seed, pass)), dropout
+keys are `fold_in(key, step)`, and the trainable parameters + optimiser state + early-stopping
+counters are restored from the latest checkpoint. A run killed at any point and restarted with the
+same config therefore replays the same steps and ends with the same parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from cora_jax.cora import TRAINABLE, CoRA
+from cora_jax.train.checkpoint import RunCheckpoints, write_json
+from cora_jax.train.config import RESUMABLE_FIELDS, TrainConfig, to_dict
+from cora_jax.train.optim import make_optimizer, make_schedule
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class SetupError(ValueError):
+    """A request that cannot be trained or evaluated (raised before any training step)."""
+
+
+# ----------------------------------------------------------------------------------- setup
+@dataclasses.dataclass
+class Setup:
+    """Everything loaded once per process: data, frozen CF encoder, frozen LLM + tokenizer."""
+
+    dataset: object          # cora_jax.data.Dataset
+    cf: object               # cora_jax.cf.FrozenCF
+    llm: object              # cora_jax.llm.Llama
+    tokenizer: object        # cora_jax.llm.Tokenizer
+    answer_id: int           # the "Yes" token id
+    prompt_cfg: object       # cora_jax.data.PromptConfig
+
+
+def load_data(data: str):
+    from cora_jax.data import ensure_ml100k, load_dataset
+
+    path = ensure_ml100k() if data == "ml100k" else pathlib.Path(data)
+    if data != "ml100k" and not pathlib.Path(data).is_dir():
+        raise SetupError(f"--data {data!r}: no such folder (give a split folder or 'ml100k')")
+    return load_dataset(path)
+
+
+def load_frozen_llm(llm: str | None, dtype: str):
+    from cora_jax.llm import load_llm
+
+    if llm is not None and not pathlib.Path(llm).expanduser().exists():
+        raise SetupError(f"--llm {llm!r}: no such file or folder (an HF model dir or a .gguf file; omit for SmolLM2)")
+    model, tok = load_llm(llm, dtype=jnp.dtype(dtype))
+    return model, tok
+
+
+def check_cf_matches(cf, ds, cf_path: str) -> None:
+    """The CF checkpoint must have been trained on this dataset's id space."""
+    if (cf.user_num, cf.item_num) != (ds.user_num, ds.item_num):
+        raise SetupError(
+            f"CF checkpoint {cf_path} was trained on an id space of {cf.user_num} users x {cf.item_num} items, "
+            f"but the dataset has {ds.user_num} x {ds.item_num}: it belongs to another dataset "
+            f"(train one with: python train.py cf train --data <this data> --out <dir>)"
+        )
+
+
+def load_setup(cfg: TrainConfig, *, need_cf: bool = True) -> Setup:
+    """Load and cross-check data, CF and LLM; raises SetupError with a clear message on a bad request."""
+    from cora_jax.cf import load_cf
+
+    cfg.validate()
+    ds = load_data(cfg.data)
+    cf = None
+    if need_cf:
+        if not (pathlib.Path(cfg.cf) / "config.json").is_file():
+            raise SetupError(
+                f"--cf {cfg.cf!r} is not a CF run directory (no config.json); "
+                f"train one with: python train.py cf train --data {cfg.data} --out {cfg.cf}"
+            )
+        cf = load_cf(cfg.cf)
+        check_cf_matches(cf, ds, cfg.cf)
+        if cfg.model.cf_dim is not None and cfg.model.cf_dim != cf.dim:
+            raise SetupError(f"model.cf_dim = {cfg.model.cf_dim} but the CF checkpoint {cfg.cf} has dim {cf.dim}")
+    llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype)
+    if cfg.model.d_model is not None and cfg.model.d_model != llm.config.hidden_size:
+        raise SetupError(
+            f"model.d_model = {cfg.model.d_model} (the generator's output width) but the LLM "
+            f"{cfg.llm or 'SmolLM2-135M'} has hidden_size {llm.config.hidden_size}"
+        )
+    prompt_cfg = make_prompt_config(ds, cfg)
+    return Setup(ds, cf, llm, tok, tok.answer_token_id("Yes"), prompt_cfg)
+
+
+def make_prompt_config(ds, cfg: TrainConfig):
+    from cora_jax.data import PromptConfig
+
+    return PromptConfig(domain=ds.domain, max_titles=cfg.max_titles)
+
+
+def get_split(ds, name: str, limit: int | None, sample_seed: int | None = None):
+    """Split `name` (test_warm etc. allowed): its first `limit` rows or, with `sample_seed`, `limit`
+    rows drawn at random with that seed (kept in file order). An empty result is an error."""
+    try:
+        split = ds[name]
+    except KeyError as err:
+        raise SetupError(f"split {name!r} does not exist in the dataset ({err})") from None
+    if limit is not None and limit < len(split):
+        idx = np.arange(limit) if sample_seed is None else np.sort(
+            np.random.default_rng(sample_seed).choice(len(split), limit, replace=False))
+        split = split.take(idx, name=split.name)
+    if len(split) == 0:
+        raise SetupError(f"split {name!r} is empty: nothing to train on or score")
+    return split
+
+
+@dataclasses.dataclass
+class SplitInputs:
+    """One split, tokenised and CF-encoded once."""
+
+    split: object                    # cora_jax.data.Split
+    tokens: list[np.ndarray]         # per row: int32 prompt ids (BOS first)
+    lengths: np.ndarray              # int64 [n]
+    e_u: np.ndarray | None           # float32 [n, cf_dim] (None: no CF, zero-shot)
+    e_i: np.ndarray | None           # float32 [n, cf_dim]
+    labels: np.ndarray               # float32 [n]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def prepare_split(setup: Setup, split) -> SplitInputs:
+    from cora_jax.data import split_prompts
+
+    prompts = split_prompts(setup.dataset, split, setup.prompt_cfg)
+    tokens = [np.asarray(t, np.int32) for t in setup.tokenizer.encode_many(prompts)]
+    e_u = e_i = None
+    if setup.cf is not None:
+        e_u, e_i = setup.cf.encode(split)
+    return SplitInputs(split, tokens, np.array([len(t) for t in tokens]), e_u, e_i, np.asarray(split.label, np.float32))
+
+
+def make_batch(inputs: SplitInputs, idx: np.ndarray, pad_id: int, multiple: int) -> dict[str, np.ndarray]:
+    """Left-padded numpy batch of rows idx: ids/mask [B, T] (T rounded up to `multiple`), e_u/e_i, label."""
+    T = int(math.ceil(max(inputs.lengths[idx]) / multiple) * multiple)
+    ids = np.full((len(idx), T), pad_id, np.int32)
+    mask = np.zeros((len(idx), T), np.int32)
+    for r, i in enumerate(idx):
+        t = inputs.tokens[i]
+        ids[r, T - len(t):] = t
+        mask[r, T - len(t):] = 1
+    batch = {"ids": ids, "mask": mask, "label": inputs.labels[idx]}
+    if inputs.e_u is not None:
+        batch["e_u"], batch["e_i"] = inputs.e_u[idx], inputs.e_i[idx]
+    return batch
+
+
+class TrainOrder:
+    """Deterministic batch composition: step s (1-based) -> row indices, from (seed, pass) only."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, bucket: bool):
+        if len(lengths) < batch_size:
+            raise SetupError(f"the train split has {len(lengths)} rows, fewer than one batch of {batch_size}")
+        self.lengths, self.batch_size, self.seed, self.bucket = lengths, batch_size, seed, bucket
+        self.per_pass = len(lengths) // batch_size
+        self._cache: dict[int, list[np.ndarray]] = {}
+
+    def _pass(self, p: int) -> list[np.ndarray]:
+        if p not in self._cache:
+            rng = np.random.default_rng([self.seed, p])
+            rows = rng.permutation(len(self.lengths))[: self.per_pass * self.batch_size]  # drop a random remainder
+            if self.bucket:  # sort the kept rows by length (random tie order), cut, shuffle the batches
+                rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+                batches = rows.reshape(self.per_pass, self.batch_size)
+                batches = batches[rng.permutation(self.per_pass)]
+            else:
+                batches = rows.reshape(self.per_pass, self.batch_size)
+            self._cache = {p: list(batches)}  # only the current pass is kept
+        return self._cache[p]
+
+    def indices(self, step: int) -> np.ndarray:
+        p, k = divmod(step - 1, self.per_pass)
+        return self._pass(p)[k]
+
+    def position(self, step: int) -> dict:
+        p, k = divmod(step, self.per_pass)
+        return {"pass": p, "batch_in_pass": k, "samples_seen": step * self.batch_size}
+
+
+# ------------------------------------------------------------------------------ scoring
+def score_rows(fn: Callable, inputs: SplitInputs, batch_size: int, pad_id: int, multiple: int,
+               desc: str = "scoring", progress: bool = True) -> np.ndarray:
+    """float32 [n] scores of every row; rows are scored in length order, padded to full batches."""
+    order = np.argsort(inputs.lengths, kind="stable")
+    out = np.zeros(len(inputs), np.float32)
+    bar = tqdm(total=len(inputs), desc=desc, unit="row", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        full = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])  # one shape per length bucket
+        b = make_batch(inputs, full, pad_id, multiple)
+        out[idx] = np.asarray(fn(b))[: len(idx)]
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def cora_score_fn(graphdef, frozen) -> Callable:
+    """Jitted eval-mode CoRA scorer: (trainable, numpy batch) -> [B]."""
+    @jax.jit
+    def fn(trainable, b):
+        return nnx.merge(graphdef, trainable, frozen)(b["ids"], b["mask"], b["e_u"], b["e_i"])
+    return fn
+
+
+def base_score_fn(llm, answer_id: int) -> Callable:
+    """Jitted zero-shot scorer of the frozen base LLM: numpy batch -> [B] "Yes" logits."""
+    graphdef, state = nnx.split(llm)
+    answer = jnp.asarray([answer_id], jnp.int32)
+
+    @jax.jit
+    def fn(state, ids, mask):
+        return nnx.merge(graphdef, state).score(ids, mask, answer)[:, 0]
+    return lambda b: fn(state, b["ids"], b["mask"])
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation):
+    """(trainable, opt_state, frozen, batch, key) -> (trainable, opt_state, loss); grads of trainable only."""
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(trainable, opt_state, frozen, b, key):
+        def loss_fn(tr):
+            model = nnx.merge(graphdef, tr, frozen)
+            s = model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=key)
+            return optax.sigmoid_binary_cross_entropy(s, b["label"]).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+    return step
+
+
+def build_model(cfg: TrainConfig, setup: Setup) -> CoRA:
+    return CoRA(cfg.model, setup.llm, setup.cf.dim, setup.answer_id, rngs=nnx.Rngs(params=cfg.seed))
+
+
+def pack_state(trainable, opt_state, key) -> dict:
+    """Checkpoint pytree: pure-dict parameters, optimiser-state leaves, raw key data. Host copies,
+    because the async save may still be reading them when the next step donates the device buffers."""
+    tree = {"params": nnx.to_pure_dict(trainable), "opt": jax.tree.leaves(opt_state), "rng": jax.random.key_data(key)}
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def unpack_state(saved: dict, trainable, opt_state):
+    nnx.replace_by_pure_dict(trainable, jax.tree.map(jnp.asarray, saved["params"]))
+    opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), [jnp.asarray(x) for x in saved["opt"]])
+    return trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(saved["rng"]))
+
+
+def restore_trainable(run_dir: str | pathlib.Path, step: int, model: CoRA, cfg: TrainConfig):
+    """(graphdef, trainable, frozen) of `model` with the trainable parameters of checkpoint `step`."""
+    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
+    opt_state = make_optimizer(cfg.optim).init(trainable)
+    ckpt = RunCheckpoints(run_dir, async_save=False)
+    saved, _ = ckpt.restore(step, pack_state(trainable, opt_state, jax.random.key(cfg.seed)))
+    ckpt.close()
+    trainable, _, _ = unpack_state(saved, trainable, opt_state)
+    return graphdef, trainable, frozen
+
+
+# ----------------------------------------------------------------------------- training
+def valid_metrics(inputs: SplitInputs, scores: np.ndarray) -> dict:
+    from cora_jax.metrics import evaluate_split
+
+    m = evaluate_split(inputs.split, scores)
+    return {"valid_auc": m.auc, "valid_uauc": m.uauc, "valid_uauc_users": m.uauc_users}
+
+
+def _log(path: pathlib.Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
+    """Train (or resume) the run in cfg.out; returns the summary (also written to summary.json)."""
+    t_start = time.time()
+    run_dir = pathlib.Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = to_dict(cfg)
+    ckpt = RunCheckpoints(run_dir, async_save=cfg.async_checkpoint)
+    latest = ckpt.latest_step()
+    meta = ckpt.check_config(latest, config, RESUMABLE_FIELDS) if latest is not None else None  # before any loading
+    if meta is not None and meta.get("finished"):
+        ckpt.close()
+        print(f"{run_dir}: already finished at step {meta['step']} ({meta['stop_reason']}); nothing to do")
+        if (run_dir / SUMMARY_FILE).is_file():
+            return json.loads((run_dir / SUMMARY_FILE).read_text())
+        es = meta["early_stopping"]  # killed after the last checkpoint but before the summary
+        return {"run": str(run_dir), "steps": meta["step"], "stop_reason": meta["stop_reason"], "best_step": es["best_step"],
+                "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"]}
+
+    setup = setup or load_setup(cfg)
+    train_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.train_limit))
+    valid_in = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit))
+    order = TrainOrder(train_in.lengths, cfg.batch_size, cfg.seed, cfg.bucket_train)
+
+    model = build_model(cfg, setup)
+    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
+    tx = make_optimizer(cfg.optim)
+    schedule = make_schedule(cfg.optim)
+    opt_state = tx.init(trainable)
+    key = jax.random.key(cfg.seed)
+    es = {"best_auc": -math.inf, "best_step": None, "bad_evals": 0, "last_auc": None}
+    step = 0
+    if meta is not None:
+        saved, meta = ckpt.restore(latest, pack_state(trainable, opt_state, key))
+        trainable, opt_state, key = unpack_state(saved, trainable, opt_state)
+        step, es = meta["step"], meta["early_stopping"]
+        print(f"{run_dir}: resuming from step {step} (best valid AUC {es['best_auc']:.4f} at step {es['best_step']})")
+    write_json(run_dir / CONFIG_FILE, config)
+    metrics_path = run_dir / METRICS_FILE
+    _log(metrics_path, {"event": "resume" if step else "start", "step": step, "time": time.time()})
+
+    train_step = make_train_step(graphdef, tx)
+    score_fn = cora_score_fn(graphdef, frozen)
+    pad = setup.tokenizer.pad_id
+
+    def evaluate_and_save(step: int, stop_reason: str | None, loss_avg: float | None, rate: float | None) -> str | None:
+        scores = score_rows(lambda b: score_fn(trainable, b), valid_in, cfg.eval_batch_size, pad,
+                            cfg.length_bucket, desc=f"valid_small @ {step}", progress=cfg.progress)
+        m = valid_metrics(valid_in, scores)
+        if m["valid_auc"] > es["best_auc"]:
+            es.update(best_auc=m["valid_auc"], best_step=step, bad_evals=0)
+        else:
+            es["bad_evals"] += 1
+        es["last_auc"] = m["valid_auc"]
+        if stop_reason is None and es["bad_evals"] >= cfg.patience:
+            stop_reason = "patience"
+        meta = {
+            "step": step, "data_position": order.position(step), "early_stopping": dict(es), "best_step": es["best_step"],
+            "finished": stop_reason in ("patience", "max_steps"), "stop_reason": stop_reason, "config": config,
+        }
+        ckpt.save(step, pack_state(trainable, opt_state, key), meta, m["valid_auc"])
+        _log(metrics_path, {"event": "eval", "step": step, **m, "best_auc": es["best_auc"], "best_step": es["best_step"],
+                            "bad_evals": es["bad_evals"], "train_loss": loss_avg, "samples_per_s": rate,
+                            "lr": float(schedule(step)), "time": time.time()})
+        return stop_reason
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="CoRA", unit="step", disable=not cfg.progress)
+    losses: list[jax.Array] = []
+    stop_reason, t_window, n_window = None, time.time(), 0
+    while stop_reason is None and step < cfg.max_steps:
+        step += 1
+        b = make_batch(train_in, order.indices(step), pad, cfg.length_bucket)
+        trainable, opt_state, loss = train_step(trainable, opt_state, frozen, b, jax.random.fold_in(key, step))
+        losses.append(loss)
+        n_window += cfg.batch_size
+        over_budget = cfg.max_wall_minutes is not None and time.time() - t_start > 60 * cfg.max_wall_minutes
+        if step % cfg.eval_every == 0 or step == cfg.max_steps or over_budget:
+            loss_avg = float(np.mean(jax.device_get(losses)))
+            rate = n_window / (time.time() - t_window)
+            reason = "max_steps" if step == cfg.max_steps else ("wall_budget" if over_budget else None)
+            stop_reason = evaluate_and_save(step, reason, loss_avg, rate)
+            if stop_reason is None and cfg.max_wall_minutes is not None and time.time() - t_start > 60 * cfg.max_wall_minutes:
+                stop_reason = "wall_budget"  # the evaluation itself used up the budget: stop on this checkpoint
+            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{float(schedule(step)):.2e}", sps=f"{rate:.1f}",
+                            valid_auc=f"{es['last_auc']:.4f}")
+            losses, t_window, n_window = [], time.time(), 0
+        elif step % 10 == 0 or step < 10:
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(schedule(step)):.2e}",
+                            sps=f"{n_window / max(time.time() - t_window, 1e-9):.1f}",
+                            valid_auc="-" if es["last_auc"] is None else f"{es['last_auc']:.4f}")
+        bar.update(1)
+    bar.close()
+    ckpt.close()
+    summary = {
+        "run": str(run_dir), "steps": step, "stop_reason": stop_reason, "best_step": es["best_step"],
+        "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"], "wall_s_this_process": time.time() - t_start,
+        "train_rows": len(train_in), "valid_rows": len(valid_in),
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    _log(metrics_path, {"event": "end", **summary, "time": time.time()})
+    return summary

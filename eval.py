@@ -1,0 +1,64 @@
+"""Evaluation entry point.
+
+    python eval.py --run DIR [--split test] [--limit N [--sample-seed S]] [--out DIR]
+        score the run's best checkpoint -> OUT/results.json, results.md, scores.jsonl (OUT default RUN/eval)
+    python eval.py --zero-shot [--llm PATH] --data DIR [--cf CF_DIR] [--limit N] [--out DIR]
+        score the frozen base LLM on the same prompts (no run needed); --cf adds the CF model's scores
+
+Subcommands (the first argument) are looked up in SUBCOMMANDS, so later ones (e.g. `report`) slot in
+beside the default scoring command.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs:
+    run: str | None = None              # CoRA run directory (train.py cora --out)
+    zero_shot: bool = False             # score the frozen base LLM instead of a run
+    llm: str | None = None              # zero-shot: HF dir or .gguf; omitted = embedded SmolLM2-135M
+    data: str | None = None             # zero-shot: split folder or "ml100k"
+    cf: str | None = None               # zero-shot: CF run dir whose scores go beside (optional)
+    split: tuple[str, ...] = ("test", "valid")  # splits to score; test/valid also get their warm and cold views
+    limit: int | None = None            # score only the first N rows of each split (file order)
+    sample_seed: int | None = None      # with --limit: N rows drawn at random with this seed instead of the first N
+    out: str | None = None              # output folder (default RUN/eval, or runs/zero-shot)
+    max_titles: int = 10                # zero-shot: history titles in the prompt
+    progress: bool = True               # tqdm bars
+
+
+def main_score(argv: list[str]) -> None:
+    import tyro
+
+    from cora_jax.train.evaluate import evaluate_run, evaluate_zero_shot
+
+    a = tyro.cli(EvalArgs, args=argv, prog="eval.py")
+    if a.zero_shot == (a.run is not None):
+        sys.exit("eval.py: give exactly one of --run DIR or --zero-shot (with --data DIR)")
+    if a.zero_shot:
+        if a.data is None:
+            sys.exit("eval.py --zero-shot needs --data DIR (a split folder or 'ml100k')")
+        res = evaluate_zero_shot(a.llm, a.data, a.split, a.limit, a.out or "runs/zero-shot", cf=a.cf,
+                                 max_titles=a.max_titles, progress=a.progress, sample_seed=a.sample_seed)
+    else:
+        res = evaluate_run(a.run, a.split, a.limit, a.out, progress=a.progress, sample_seed=a.sample_seed)
+    print(open(res["results_json"].replace("results.json", "results.md")).read())
+    print(res["results_json"])
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        SUBCOMMANDS[argv[0]](argv[1:])
+    else:
+        main_score(argv)
+
+
+if __name__ == "__main__":
+    main()

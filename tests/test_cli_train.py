@@ -1,0 +1,123 @@
+"""Presets and the train.py / eval.py command lines: every preset builds, bad requests stop early."""
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+import tyro
+
+from configs import PRESETS, get_preset
+from cora_jax.cf import CFTrainConfig, train_cf
+from cora_jax.data import DataError, PromptConfig, load_dataset, split_prompts
+from cora_jax.train import TrainConfig, load_setup, train
+from cora_jax.train.loop import SetupError, get_split
+from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_round_trips_through_the_cli(name):
+    cfg = get_preset(name)
+    cfg.validate()
+    assert tyro.cli(TrainConfig, default=cfg, args=[]) == cfg
+    over = tyro.cli(TrainConfig, default=cfg, args=["--model.rank", "8", "--optim.lr", "5e-4", "--batch-size", "2"])
+    assert (over.model.rank, over.optim.lr, over.batch_size) == (8, 5e-4, 2) and over.data == cfg.data
+
+
+def test_paper_presets_follow_the_reference():
+    mf, lgcn, sas = PRESETS["cora-mf-ml1m"], PRESETS["cora-lightgcn-ml1m"], PRESETS["cora-sasrec-ml1m"]
+    assert (mf.model.rank, mf.model.alpha / mf.model.rank, mf.batch_size, mf.eval_every, mf.patience) == (16, 2.0, 8, 100, 20)
+    assert mf.optim.lr == 1e-3 and mf.optim.warmup_steps == 200 and mf.optim.min_lr == 8e-5 and mf.model.targets == "qkvo"
+    assert lgcn.model.rank == sas.model.rank == 64 and lgcn.optim.lr == sas.optim.lr == 1e-3
+    assert PRESETS["cora-mf-ml1m-7b"].model.d_model == 4096 and PRESETS["cora-mf-ml1m-cpu"].max_wall_minutes == 90.0
+    g = mf.model.generator
+    assert (g.num_queries, g.num_layers, g.hidden, g.num_heads, g.ffn_dim, g.dropout, g.ln_eps) == (4, 8, 512, 8, 3072, 0.1, 1e-12)
+
+
+def test_unknown_preset_and_unknown_command_exit_with_the_list(capsys):
+    train_cli = _load("train")
+    with pytest.raises(SystemExit) as err:
+        train_cli.main(["cora", "--preset", "cora-mf-ml2m"])
+    assert "unknown preset 'cora-mf-ml2m'" in str(err.value) and "cora-mf-ml1m" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        train_cli.main(["fit"])
+    assert "expected one of" in str(err.value)
+
+
+def test_eval_cli_needs_run_or_zero_shot():
+    eval_cli = _load("eval")
+    with pytest.raises(SystemExit, match="exactly one of --run"):
+        eval_cli.main(["--limit", "3"])
+    with pytest.raises(SystemExit, match="needs --data"):
+        eval_cli.main(["--zero-shot"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = tiny_dataset(root / "data")
+    other = tiny_dataset(root / "other", rows={"train": 40, "valid": 20, "valid_small": 10, "test": 20})
+    ds = load_dataset(data)
+    llm = tiny_llm_dir(root / "llm", split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3)))
+    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(other), root / "cf-other")
+    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
+    return root, data, llm
+
+
+def _cfg(root, data, llm, **kw) -> TrainConfig:
+    base = TrainConfig(data=str(data), llm=str(llm), cf=str(root / "cf"), out=str(root / "run"), max_titles=3)
+    return dataclasses.replace(base, **kw)
+
+
+def test_cf_checkpoint_of_another_id_space_stops_before_training(tiny):
+    root, data, llm = tiny
+    with pytest.raises(SetupError, match="belongs to another dataset"):
+        train(_cfg(root, data, llm, cf=str(root / "cf-other")))
+    assert not (root / "run" / "checkpoints").exists() or not any((root / "run" / "checkpoints").iterdir())
+
+
+def test_llm_dimension_mismatch_stops_before_training(tiny):
+    root, data, llm = tiny
+    cfg = _cfg(root, data, llm)
+    with pytest.raises(SetupError, match="hidden_size 32"):
+        train(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=576)))
+    with pytest.raises(SetupError, match="no such file or folder"):
+        train(dataclasses.replace(cfg, llm=str(root / "missing-llm")))
+    with pytest.raises(SetupError, match="not a CF run directory"):
+        train(dataclasses.replace(cfg, cf=str(root / "missing-cf")))
+
+
+def test_empty_split_stops_with_a_clear_message(tiny):
+    root, data, llm = tiny
+    setup = load_setup(_cfg(root, data, llm))
+    assert len(setup.dataset["test"].warm()) == 0  # the tiny subset's test users are all cold
+    with pytest.raises(SetupError, match="split 'test_warm' is empty"):
+        get_split(setup.dataset, "test_warm", None)
+    with pytest.raises(SetupError, match="does not exist"):
+        get_split(setup.dataset, "tset", None)
+    # an empty split file is refused by the loader itself, naming the file
+    empty = tiny_dataset(root / "empty", rows={"train": 40, "valid": 20, "valid_small": 0, "test": 20})
+    with pytest.raises(DataError, match="valid_small.jsonl.gz:1: empty file"):
+        train(_cfg(root, empty, llm))
+
+
+def test_zero_shot_cli_scores_the_base_llm(tiny):
+    root, data, llm = tiny
+    out = root / "zs"
+    _load("eval").main(["--zero-shot", "--llm", str(llm), "--data", str(data), "--cf", str(root / "cf"),
+                        "--split", "test", "--limit", "12", "--out", str(out), "--max-titles", "3", "--no-progress"])
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"]["ICL (zero-shot base LLM)"]["test"]["rows"] == 12
+    assert res["models"]["MF (CF, same rows)"]["test"]["rows"] == 12
+    assert len((out / "scores.jsonl").read_text().splitlines()) == 12

@@ -1,0 +1,71 @@
+"""Training entry point.
+
+    python train.py cora --preset NAME [overrides]    train (or resume) CoRA; e.g. --batch-size 4 --model.rank 8
+    python train.py cf train|grid ...                 pretrain a CF backbone (MF / LightGCN / SASRec)
+    python train.py demo [--test-limit N]             the README's main job on the embedded defaults
+    python train.py presets                           list the presets
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _pop_preset(argv: list[str]) -> tuple[str, list[str]]:
+    rest, name, i = [], None, 0
+    while i < len(argv):
+        if argv[i] == "--preset" and i + 1 < len(argv):
+            name, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--preset="):
+            name, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return name or "cora-mf-ml1m", rest
+
+
+def main_cora(argv: list[str]) -> dict:
+    import tyro
+
+    from configs import UnknownPresetError, get_preset
+    from cora_jax.train import TrainConfig, train
+
+    name, rest = _pop_preset(argv)
+    try:
+        preset = get_preset(name)
+    except UnknownPresetError as err:
+        sys.exit(f"train.py cora: {err}")
+    cfg = tyro.cli(TrainConfig, default=preset, args=rest, prog=f"train.py cora --preset {name}",
+                   description=f"Train CoRA from preset {name!r}; every field below can be overridden.")
+    return train(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = ("cora", "cf", "demo", "presets")
+    if not argv or argv[0] not in commands:
+        sys.exit(__doc__ + f"\nunknown or missing command; expected one of {commands}")
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "cora":
+        import json
+
+        print(json.dumps(main_cora(rest)))
+    elif cmd == "cf":
+        from cora_jax.cf import main_cf
+
+        main_cf(rest)
+    elif cmd == "demo":
+        import tyro
+
+        from cora_jax.train.demo import DemoConfig, run_demo
+
+        run_demo(tyro.cli(DemoConfig, args=rest, prog="train.py demo"))
+    else:
+        from configs import PRESETS
+
+        for name, cfg in PRESETS.items():
+            print(f"{name:24s} data={cfg.data} cf={cfg.cf} r={cfg.model.rank} targets={cfg.model.targets} "
+                  f"bs={cfg.batch_size} lr={cfg.optim.lr} eval_every={cfg.eval_every} patience={cfg.patience}")
+
+
+if __name__ == "__main__":
+    main()

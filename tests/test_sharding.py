@@ -1,0 +1,222 @@
+"""Sharded CoRA steps on 8 simulated CPU devices (tests/conftest.py): every mesh computes the same
+loss, gradients, AdamW update and scores as one device; the frozen weights, trainables, optimiser
+state and batches really are split; Orbax restores a checkpoint written on one mesh onto another.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
+from cora_jax.train import mesh as M
+from llm_helpers import tiny_model
+
+MESHES = [(1, 1), (8, 1), (2, 4), (1, 8)]  # (data, fsdp)
+B, T, CF = 8, 16, 8
+TOL = 1e-5
+
+
+def _model() -> CoRA:
+    cfg = CoRAConfig(generator=GeneratorConfig(num_layers=1, hidden=16, num_heads=2, ffn_dim=32), rank=4, alpha=8.0)
+    model = CoRA(cfg, tiny_model(seed=3), CF, answer_id=5, rngs=nnx.Rngs(1))
+    # P starts at zero, which would leave the generator without gradient: give it random values.
+    key = jax.random.key(7)
+    for t in model.targets:
+        key, sub = jax.random.split(key)
+        var = getattr(model.p, t)
+        var.set_value(0.3 * jax.random.normal(sub, var.shape))
+    return model
+
+
+def _batch() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, T + 1, B)
+    mask = (np.arange(T)[None] >= T - lengths[:, None]).astype(np.int32)  # left padding
+    ids = np.where(mask > 0, rng.integers(2, 61, (B, T)), 0).astype(np.int32)
+    return {"ids": ids, "mask": mask, "e_u": rng.standard_normal((B, CF)).astype(np.float32),
+            "e_i": rng.standard_normal((B, CF)).astype(np.float32),
+            "label": rng.integers(0, 2, B).astype(np.float32)}
+
+
+def _mesh(data: int, fsdp: int):
+    devices = jax.devices()[: data * fsdp]
+    return M.make_mesh(M.MeshConfig(data=data, fsdp=fsdp, tensor=1), devices=devices)
+
+
+STEP_MESHES = [(2, 4)]  # the jitted AdamW step (compiles are slow here); the reference update is eager
+TX = optax.adamw(1e-2, weight_decay=1e-3)
+
+
+def _run(model_states, data: int, fsdp: int) -> dict:
+    """Loss, grads and eval scores on a (data, fsdp) mesh (+ one AdamW step on STEP_MESHES)."""
+    mesh = _mesh(data, fsdp)
+    graphdef, trainable, frozen = model_states
+    # fresh device buffers per mesh: the train step donates (deletes) its inputs
+    trainable, frozen = jax.tree.map(np.array, trainable), jax.tree.map(np.array, frozen)
+    tx = TX
+    st = M.place(trainable, frozen, tx, mesh)
+    batch = M.shard_batch(_batch(), mesh)
+    key = jax.random.key(11)
+    loss_fn = M.cora_loss_fn(graphdef, mesh)
+    loss, grads = M.make_sharded_grad_fn(loss_fn, st, mesh)(st.trainable, st.frozen, batch, key)
+    scores = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)(st.trainable, st.frozen, batch)
+    host = lambda t: jax.tree.map(np.asarray, nnx.to_pure_dict(t))  # noqa: E731
+    out = {"mesh": mesh, "st": st, "batch": batch, "loss": float(loss), "grads": host(grads), "grads_dev": grads,
+           "scores": np.asarray(scores), "scores_dev": scores}
+    if (data, fsdp) == (1, 1):  # reference AdamW update, eagerly from the single-device gradients
+        updates, _ = tx.update(grads, st.opt_state, st.trainable)
+        out["updated"] = host(optax.apply_updates(st.trainable, updates))
+    if (data, fsdp) in STEP_MESHES:
+        step = M.make_sharded_train_step(loss_fn, tx, st, mesh)
+        new_tr, new_opt, step_loss = step(st.trainable, st.opt_state, st.frozen, batch, key)
+        assert st.trainable["p"]["q_proj"][...].is_deleted()  # donated
+        out.update(step_loss=float(step_loss), updated=host(new_tr), updated_dev=new_tr, opt_dev=new_opt)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict:
+    assert len(jax.devices()) == 8, "tests/conftest.py must set 8 simulated CPU devices"
+    states = nnx.split(_model(), TRAINABLE, ...)
+    out = {m: _run(states, *m) for m in MESHES}
+    out["model"] = nnx.merge(*states)
+    return out
+
+
+def _assert_trees_close(a, b, what: str):
+    fa, fb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in fa] == [p for p, _ in fb]
+    for (path, x), (_, y) in zip(fa, fb):
+        np.testing.assert_allclose(x, y, rtol=TOL, atol=TOL, err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES[1:])
+def test_same_numbers_as_one_device(runs, mesh_shape):
+    ref, got = runs[(1, 1)], runs[mesh_shape]
+    assert abs(got["loss"] - ref["loss"]) < TOL
+    np.testing.assert_allclose(got["scores"], ref["scores"], rtol=TOL, atol=TOL)
+    _assert_trees_close(got["grads"], ref["grads"], "grad")
+    if mesh_shape in STEP_MESHES:
+        assert abs(got["step_loss"] - ref["loss"]) < TOL
+        _assert_trees_close(got["updated"], ref["updated"], "updated param")
+
+
+def test_gradients_reach_generator_and_p(runs):
+    """The comparison above is only meaningful if the gradients are not all zero."""
+    g = runs[(1, 1)]["grads"]
+    assert np.abs(g["generator"]["proj"]["kernel"]).max() > 1e-6
+    assert np.abs(g["generator"]["blocks"][0]["intermediate"]["kernel"]).max() > 1e-6
+    assert all(np.abs(g["p"][t]).max() > 1e-6 for t in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert "llm" not in g  # the frozen LLM is never differentiated
+
+
+def test_sharded_steps_match_unsharded_cora_call(runs):
+    """cora_scores (G pinned to its sharding) is numerically CoRA.__call__, in eval and train mode."""
+    graphdef, state = nnx.split(runs["model"])
+    b, key = _batch(), jax.random.key(4)
+
+    @jax.jit
+    def both(state):
+        model = nnx.merge(graphdef, state)
+        return (model(b["ids"], b["mask"], b["e_u"], b["e_i"]), M.cora_scores(model, b, key),
+                model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=key))
+    ref_eval, ours_train, ref_train = both(state)
+    np.testing.assert_allclose(runs[(1, 1)]["scores"], np.asarray(ref_eval), rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(np.asarray(ours_train), np.asarray(ref_train), rtol=TOL, atol=TOL)
+    assert np.abs(np.asarray(ours_train) - np.asarray(ref_eval)).max() > 1e-4  # dropout really was on
+
+
+def _spec(x) -> P:
+    assert isinstance(x.sharding, NamedSharding)
+    return x.sharding.spec
+
+
+@pytest.mark.parametrize("mesh_shape,fsdp", [((2, 4), 4), ((1, 8), 8)])
+def test_frozen_weights_are_fsdp_sharded(runs, mesh_shape, fsdp):
+    st = runs[mesh_shape]["st"]
+    llm = st.frozen["llm"]
+    emb = llm["model"]["embed_tokens"]["embedding"][...]
+    q = llm["model"]["layers"]["self_attn"]["q_proj"]["kernel"][...]
+    down = llm["model"]["layers"]["mlp"]["down_proj"]["kernel"][...]
+    assert _spec(emb) == P(None, "fsdp")             # [vocab, embed]
+    assert _spec(q) == P(None, "fsdp")               # [layers, embed, q_heads]
+    assert _spec(down) == P(None, None, "fsdp")      # [layers, mlp, embed]
+    # each device really holds 1/fsdp of the weight
+    assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // fsdp, q.shape[2])
+    assert len({s.device for s in q.addressable_shards}) == 8
+
+
+def test_trainables_and_optimizer_state_follow_rules(runs):
+    r = runs[(2, 4)]
+    tr, opt = r["updated_dev"], r["opt_dev"]
+    assert _spec(tr["generator"]["proj"]["kernel"][...]) == P(None, "fsdp")   # [hidden, d_model * r]
+    assert _spec(tr["p"]["o_proj"][...]) == P(None, None, "fsdp")             # [L, r, d_model]
+    assert _spec(tr["generator"]["queries"][...]) == P()
+    mu = opt[0].mu  # AdamW's first moment: same shardings as the parameters
+    assert _spec(mu["generator"]["proj"]["kernel"][...]) == P(None, "fsdp")
+    assert _spec(mu["p"]["o_proj"][...]) == P(None, None, "fsdp")
+    assert _spec(r["grads_dev"]["generator"]["proj"]["kernel"][...]) == P(None, "fsdp")
+
+
+@pytest.mark.parametrize("mesh_shape,spec", [((8, 1), P("data")), ((2, 4), P(("data", "fsdp"))), ((1, 8), P("fsdp"))])
+def test_batch_and_scores_are_batch_sharded(runs, mesh_shape, spec):
+    r = runs[mesh_shape]
+    assert _spec(r["batch"]["ids"]) == spec
+    assert _spec(r["scores_dev"]) == spec
+    assert r["batch"]["e_u"].addressable_shards[0].data.shape == (1, CF)
+
+
+def test_g_is_sharded_on_batch():
+    mesh = _mesh(2, 4)
+    g = jax.jit(lambda x: M.constrain_g(x * 2.0, mesh))(jnp.ones((B, 24, 4)))
+    assert _spec(g) == P(("data", "fsdp"))
+    assert g.addressable_shards[0].data.shape == (1, 24, 4)
+
+
+def test_orbax_restore_onto_another_mesh(runs, tmp_path):
+    src, dst = runs[(2, 4)], runs[(1, 8)]
+    state = {"frozen": nnx.to_pure_dict(src["st"].frozen), "trainable": nnx.to_pure_dict(src["updated_dev"]),
+             "opt_mu": nnx.to_pure_dict(src["opt_dev"][0].mu)}
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp_path / "ckpt", state)
+    ckptr.wait_until_finished()
+    tr_sh = nnx.to_pure_dict(dst["st"].trainable_sh)
+    target_sh = {"frozen": nnx.to_pure_dict(dst["st"].frozen_sh), "trainable": tr_sh, "opt_mu": tr_sh}
+    restored = ckptr.restore(tmp_path / "ckpt", M.abstract_with_shardings(state, target_sh))
+    ckptr.close()
+    for (path, a), (_, b), (_, sh) in zip(jax.tree_util.tree_flatten_with_path(state)[0],
+                                          jax.tree_util.tree_flatten_with_path(restored)[0],
+                                          jax.tree_util.tree_flatten_with_path(target_sh)[0]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+        assert b.sharding == sh, jax.tree_util.keystr(path)
+    q = restored["frozen"]["llm"]["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q.sharding.mesh.shape["fsdp"] == 8 and q.addressable_shards[0].data.shape[1] == q.shape[1] // 8
+
+
+def test_rules_drop_axes_that_do_not_fit():
+    mesh = _mesh(2, 4)
+    # 10 is not divisible by fsdp=4 -> replicated; a mesh axis is used once per array
+    assert M.spec_for(("vocab", "embed"), (61, 10), mesh, M.PARAM_RULES) == P()
+    assert M.spec_for(("embed", "gen_out"), (24, 24), mesh, M.PARAM_RULES) == P("fsdp")
+    assert M.spec_for(("batch", None), (8, 3), mesh, M.ACTIVATION_RULES) == P(("data", "fsdp"))
+    with pytest.raises(ValueError, match="do not match"):
+        M.spec_for(("embed",), (4, 4), mesh, M.PARAM_RULES)
+
+
+def test_mesh_config_validation():
+    assert M.MeshConfig(data=2, fsdp=-1).shape(8) == (2, 4, 1)
+    assert M.MeshConfig(data=-1, fsdp=2, tensor=2).shape(8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="at most one"):
+        M.MeshConfig(data=-1, fsdp=-1).shape(8)
+    with pytest.raises(ValueError, match="3 devices"):
+        M.MeshConfig(data=2, fsdp=2, tensor=1).shape(3)
+    with pytest.raises(ValueError, match="MeshConfig.tensor"):
+        M.MeshConfig(tensor=0).shape(8)
+    with pytest.raises(ValueError, match="not divisible"):
+        M.shard_batch({"ids": np.zeros((6, 2), np.int32)}, _mesh(2, 4))

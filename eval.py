@@ -4,6 +4,8 @@
         score the run's best checkpoint -> OUT/results.json, results.md, scores.jsonl (OUT default RUN/eval)
     python eval.py --zero-shot [--llm PATH] --data DIR [--cf CF_DIR] [--limit N] [--out DIR]
         score the frozen base LLM on the same prompts (no run needed); --cf adds the CF model's scores
+    either with --mesh.data/--mesh.fsdp/--mesh.tensor N (default: FSDP over every device) and, one
+    process per host, --mesh.distributed (see cora_jax/train/mesh.py)
 
 Subcommands (the first argument) are looked up in SUBCOMMANDS, so later ones (e.g. `report`) slot in
 beside the default scoring command.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 from typing import Callable
+
+from cora_jax.train.mesh import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +32,11 @@ class EvalArgs:
     out: str | None = None              # output folder (default RUN/eval, or runs/zero-shot)
     max_titles: int = 10                # zero-shot: history titles in the prompt
     progress: bool = True               # tqdm bars
+    mesh: MeshConfig = MeshConfig()     # device mesh for scoring (any shape; not necessarily the training one)
 
 
 def main_score(argv: list[str]) -> None:
+    import jax
     import tyro
 
     from cora_jax.train.evaluate import evaluate_run, evaluate_zero_shot
@@ -42,11 +48,12 @@ def main_score(argv: list[str]) -> None:
         if a.data is None:
             sys.exit("eval.py --zero-shot needs --data DIR (a split folder or 'ml100k')")
         res = evaluate_zero_shot(a.llm, a.data, a.split, a.limit, a.out or "runs/zero-shot", cf=a.cf,
-                                 max_titles=a.max_titles, progress=a.progress, sample_seed=a.sample_seed)
+                                 max_titles=a.max_titles, progress=a.progress, sample_seed=a.sample_seed, mesh=a.mesh)
     else:
-        res = evaluate_run(a.run, a.split, a.limit, a.out, progress=a.progress, sample_seed=a.sample_seed)
-    print(open(res["results_json"].replace("results.json", "results.md")).read())
-    print(res["results_json"])
+        res = evaluate_run(a.run, a.split, a.limit, a.out, progress=a.progress, sample_seed=a.sample_seed, mesh=a.mesh)
+    if jax.process_index() == 0:  # the process that wrote the files
+        print(open(res["results_json"].replace("results.json", "results.md")).read())
+        print(res["results_json"])
 
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {}

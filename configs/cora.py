@@ -44,17 +44,17 @@ def _seven_b(cfg: TrainConfig, out: str) -> TrainConfig:
 
 
 # --- The embedded demo: ML-100K + SmolLM2 + MF, whole pipeline in < 20 min on 2 CPU cores -------
-# Measured on the shared 2-core CPU: a training step of 8 prompts of ~96 tokens takes 6-9 s, scoring
-# 32 prompts ~11 s, each new padded length compiles for ~30 s. So: 3 history titles (prompts ~89
-# tokens instead of ~165), lengths padded to multiples of 32 (at most 3 shapes), a short schedule
-# (warmup 10, cosine over 100 steps, at most 8 minutes of training), early stopping on the first
-# 128 valid_small rows every 40 steps; `train.py demo` then scores the first 320 test rows.
+# Measured on the shared 2-core CPU: a training step of 8 prompts of ~90 tokens takes 3-9 s, scoring
+# 32 prompts ~8-11 s, each new padded length compiles for ~30 s. So: 3 history titles (prompts ~90
+# tokens instead of ~165), lengths padded to multiples of 32 (few shapes), the reference lr with a
+# short schedule (warmup 20, cosine over 160 steps, at most 12 minutes of training), early stopping
+# on 128 valid_small rows every 40 steps; `train.py demo` then scores 384 sampled test rows.
 DEMO_ML100K = TrainConfig(
     data="ml100k", cf="runs/cf/ml100k-mf", out="runs/demo/cora-mf",
     model=CoRAConfig(rank=16, alpha=32.0),
-    optim=OptimConfig(lr=1e-2, warmup_steps=10, decay_steps=100, grad_clip=1.0),
-    max_titles=3, batch_size=8, eval_every=40, patience=2, max_steps=100, valid_limit=128,
-    length_bucket=32, max_wall_minutes=8.0,
+    optim=OptimConfig(lr=1e-3, warmup_steps=20, decay_steps=160, grad_clip=1.0),
+    max_titles=3, batch_size=8, eval_every=40, patience=2, max_steps=160, valid_limit=128,
+    length_bucket=32, max_wall_minutes=12.0,
 )
 
 PRESETS: dict[str, TrainConfig] = {

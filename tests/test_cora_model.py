@@ -101,7 +101,8 @@ def test_trainable_filter_selects_generator_and_p_only():
     model = CoRA(CoRAConfig(generator=SMALL_GEN, rank=4, targets="qkvof"), tiny_llama(), CF_DIM, 7, rngs=nnx.Rngs(1))
     _, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     top = set(nnx.to_pure_dict(trainable))
-    assert top == {"generator", "p", "own_a"}
+    assert top == {"generator", "p", "own_a", "loss_offset"}
+    assert nnx.to_pure_dict(trainable)["loss_offset"].shape == () and float(model.loss_offset[...]) == 0.0
     assert set(nnx.to_pure_dict(trainable)["own_a"]) == {"down_proj"}  # FFN-width input: its own A
     assert set(nnx.to_pure_dict(frozen)) == {"llm"}
     p = nnx.to_pure_dict(trainable)["p"]
@@ -119,3 +120,12 @@ def test_bad_model_requests():
         CoRA(CoRAConfig(generator=SMALL_GEN, cf_dim=256), llm, CF_DIM, 7, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="not divisible"):
         GeneratorConfig(hidden=10, num_heads=4).validate()
+
+
+def test_calibrated_offset_matches_the_positive_rate():
+    from cora_jax.train.loop import calibrated_offset
+
+    scores = np.random.default_rng(0).normal(15.0, 0.3, 64).astype(np.float32)
+    labels = (np.arange(64) % 4 != 0).astype(np.float32)  # rate 0.75
+    offset = calibrated_offset(scores, labels)
+    np.testing.assert_allclose(np.mean(scores + offset), np.log(0.75 / 0.25), rtol=0, atol=1e-5)

@@ -1,8 +1,12 @@
 """Sharded CoRA steps on 8 simulated CPU devices (tests/conftest.py): every mesh computes the same
 loss, gradients, AdamW update and scores as one device; the frozen weights, trainables, optimiser
-state and batches really are split; Orbax restores a checkpoint written on one mesh onto another.
+state and batches really are split; Orbax restores a checkpoint written on one mesh onto another;
+train() on a mesh (and resumed onto another) ends like train() on one device.
 """
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +17,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
+from cora_jax.data import PromptConfig, load_dataset, split_prompts
+from cora_jax.train import SetupError, TrainConfig, load_setup, train
 from cora_jax.train import mesh as M
+from cora_jax.train.optim import OptimConfig
+from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from llm_helpers import tiny_model
 
 MESHES = [(1, 1), (8, 1), (2, 4), (1, 8)]  # (data, fsdp)
@@ -220,3 +229,74 @@ def test_mesh_config_validation():
         M.MeshConfig(tensor=0).shape(8)
     with pytest.raises(ValueError, match="not divisible"):
         M.shard_batch({"ids": np.zeros((6, 2), np.int32)}, _mesh(2, 4))
+
+
+# ----------------------------------------------------------------- the training loop on a mesh
+TRAIN_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    """A tiny run's config (random Llama dir, ML-100K rows, MF) and its loaded Setup."""
+    root = tmp_path_factory.mktemp("mesh-train")
+    data = tiny_dataset(root / "data", rows={"train": 64, "valid": 16, "valid_small": 16, "test": 8})
+    ds = load_dataset(data)
+    llm = tiny_llm_dir(root / "llm", split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3)))
+    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
+    gen = GeneratorConfig(num_layers=1, hidden=16, num_heads=2, ffn_dim=32)
+    cfg = TrainConfig(data=str(data), llm=str(llm), cf=str(root / "cf"), model=CoRAConfig(generator=gen, rank=4, alpha=8.0),
+                      optim=OptimConfig(lr=1e-2, warmup_steps=2, decay_steps=20), max_titles=3, batch_size=8,
+                      eval_batch_size=16, eval_every=2, patience=100, max_steps=TRAIN_STEPS, max_wall_minutes=None,
+                      length_bucket=256, async_checkpoint=False, progress=False)
+    return root, cfg, load_setup(cfg)
+
+
+def _trained_params(run) -> dict:
+    mgr = ocp.CheckpointManager(run / "checkpoints")
+    state = mgr.restore(TRAIN_STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    mgr.close()
+    return jax.tree.map(np.asarray, state["params"])
+
+
+def _eval_log(run) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["valid_auc"] for r in records if r["event"] == "eval"}
+
+
+def test_train_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_train, monkeypatch):
+    """train() on one device vs a run started on one device and resumed on data 2 x fsdp 4: the same
+    trained parameters and valid AUCs; the resumed run's frozen LLM and trainables really are split."""
+    root, cfg, setup = tiny_train
+    one = train(dataclasses.replace(cfg, out=str(root / "one"), mesh=M.MeshConfig(fsdp=1)), setup)
+    moved = dataclasses.replace(cfg, out=str(root / "moved"), mesh=M.MeshConfig(fsdp=1), max_wall_minutes=0.0)
+    assert train(moved, setup)["stop_reason"] == "wall_budget"  # stops after step 1's evaluation + checkpoint
+
+    placed = []  # the ShardedState and mesh train() builds its step from
+    make_step = M.make_sharded_train_step
+    monkeypatch.setattr(M, "make_sharded_train_step",
+                        lambda loss, tx, st, mesh: placed.append((st, mesh)) or make_step(loss, tx, st, mesh))
+    got = train(dataclasses.replace(moved, mesh=M.MeshConfig(data=2, fsdp=4), max_wall_minutes=None), setup)
+
+    st, mesh = placed[0]
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    q = st.frozen["llm"]["model"]["layers"]["self_attn"]["q_proj"]["kernel"][...]  # [layers, embed, q_heads]
+    assert _spec(q) == P(None, "fsdp") and q.addressable_shards[0].data.shape[1] == q.shape[1] // 4
+    assert len({s.device for s in q.addressable_shards}) == 8
+    assert st.trainable_sh["generator"]["proj"]["kernel"].get_value().spec == P(None, "fsdp")
+    assert st.trainable_sh["p"]["o_proj"].get_value().spec == P(None, None, "fsdp")
+
+    assert one["steps"] == got["steps"] == TRAIN_STEPS
+    assert abs(one["last_valid_auc"] - got["last_valid_auc"]) <= TOL
+    auc_one, auc_got = _eval_log(root / "one"), _eval_log(root / "moved")
+    assert sorted(auc_got) == [1, 2, 4] and all(abs(auc_got[s] - auc_one[s]) <= TOL for s in (2, 4))
+    _assert_trees_close(_trained_params(root / "moved"), _trained_params(root / "one"), "trained param")
+    assert np.abs(_trained_params(root / "one")["p"]["q_proj"]).max() > 1e-4  # P really trained
+
+
+def test_batch_size_not_divisible_by_the_mesh_is_refused(tiny_train):
+    root, cfg, _ = tiny_train
+    with pytest.raises(SetupError, match=r"batch_size = 4 is not divisible .*data 1 x fsdp 8 x tensor 1"):
+        train(dataclasses.replace(cfg, out=str(root / "bad"), batch_size=4, mesh=M.MeshConfig(fsdp=8)))
+    with pytest.raises(SetupError, match=r"eval_batch_size = 12 is not divisible .*data 2 x fsdp 4"):
+        train(dataclasses.replace(cfg, out=str(root / "bad"), eval_batch_size=12, mesh=M.MeshConfig(data=2, fsdp=4)))
+    assert not (root / "bad").exists()  # refused before anything was written

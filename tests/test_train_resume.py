@@ -45,6 +45,7 @@ def _args(data, llm, cf, out) -> list[str]:
         "--optim.lr", "1e-2", "--optim.warmup-steps", "3", "--optim.decay-steps", "60", "--batch-size", "4",
         "--eval-batch-size", "16", "--eval-every", "4", "--patience", "100", "--max-steps", str(MAX_STEPS),
         "--max-titles", "3", "--length-bucket", "256", "--valid-limit", "None", "--max-wall-minutes", "None", "--no-progress",
+        "--mesh.fsdp", "1",  # one of the 8 simulated devices (tests/test_sharding.py trains on meshes)
     ]
 
 

@@ -1,4 +1,5 @@
-"""The optimiser (schedule, decay mask) and the train step: only generator and P move."""
+"""The optimiser (schedule, decay mask) and the train step (the sharded step of training, on a
+one-device mesh): only generator and P move."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,8 @@ from flax import nnx
 
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.llm import Llama, LlamaConfig
-from cora_jax.train.loop import TrainOrder, make_train_step
+from cora_jax.train import mesh as M
+from cora_jax.train.loop import TrainOrder, place_model
 from cora_jax.train.optim import OptimConfig, decay_mask, make_optimizer, make_schedule
 
 
@@ -50,12 +52,14 @@ def _batch(seed=0, B=4, T=6):
 
 def test_train_steps_change_only_generator_and_p():
     model = _model()
-    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
+    _, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     frozen_before = jax.tree.map(np.array, nnx.to_pure_dict(frozen))
     before = jax.tree.map(np.array, nnx.to_pure_dict(trainable))
     tx = make_optimizer(OptimConfig(lr=1e-2, warmup_init_lr=1e-2, warmup_steps=1, decay_steps=10, weight_decay=0.0))
-    opt_state = tx.init(trainable)
-    step = make_train_step(graphdef, tx)
+    mesh = M.make_mesh(M.MeshConfig(fsdp=1))  # one device
+    graphdef, st = place_model(model, tx, mesh)
+    trainable, opt_state, frozen = st.trainable, st.opt_state, st.frozen
+    step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
 
     # gradient of step 1: all P zero -> the generator gets exactly no gradient (§5.3), P does
     def loss(tr):
@@ -67,7 +71,7 @@ def test_train_steps_change_only_generator_and_p():
     assert all(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["p"]))
 
     for s in (1, 2):
-        trainable, opt_state, l = step(trainable, opt_state, frozen, _batch(s), jax.random.key(s))
+        trainable, opt_state, l = step(trainable, opt_state, frozen, M.shard_batch(_batch(s), mesh), jax.random.key(s))
         assert np.isfinite(float(l))
     after = jax.tree.map(np.array, nnx.to_pure_dict(trainable))
     # the frozen LLM is bit-identical; every P and the generator's matrices moved

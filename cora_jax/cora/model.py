@@ -98,6 +98,10 @@ class CoRA(nnx.Module):
         }
         self.own_a = Factors(own)
         self.own_a_targets = tuple(own)
+        # Added to the "Yes" logit inside the training loss only, never to the score (AUC is
+        # shift-invariant): it absorbs the base LLM's global logit level (SmolLM2's "Yes" logit sits
+        # near +15 on these prompts), which the adapter would otherwise spend its first steps undoing.
+        self.loss_offset = nnx.Param(jnp.zeros((), jnp.float32))
 
     def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None) -> LowRankDelta:
         """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target)."""
@@ -125,5 +129,5 @@ class CoRA(nnx.Module):
         return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
 
 
-# Trainable = every Param outside the LLM: generator, p, own_a. The LLM is frozen by construction.
+# Trainable = every Param outside the LLM: generator, p, own_a, loss_offset. The LLM is frozen by construction.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))

@@ -3,10 +3,10 @@ from cora_jax.data.build import (
     AmazonWindows, Interactions, MonthWindows, assemble, build_dataset, build_to, ensure_ml100k, load_ml100k,
 )
 from cora_jax.data.prompts import PromptConfig, render_prompt, split_prompts
-from cora_jax.data.split import DataError, Dataset, Split, load_dataset, write_dataset
+from cora_jax.data.split import DataError, Dataset, Split, dataset_stats, load_dataset, write_dataset
 
 __all__ = [
     "AmazonWindows", "DataError", "Dataset", "Interactions", "MonthWindows", "PromptConfig", "Split", "assemble",
-    "build_dataset", "build_to", "ensure_ml100k", "load_dataset", "load_ml100k", "render_prompt", "split_prompts",
+    "build_dataset", "build_to", "dataset_stats", "ensure_ml100k", "load_dataset", "load_ml100k", "render_prompt", "split_prompts",
     "write_dataset",
 ]

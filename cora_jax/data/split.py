@@ -409,3 +409,18 @@ def write_dataset(ds: Dataset, out: str | pathlib.Path, meta: dict | None = None
             gz.write(data)
     (out / "BUILD.json").write_text(json.dumps({"domain": ds.domain, **(meta or {})}, indent=2) + "\n")
     return out
+
+
+def dataset_stats(ds: Dataset) -> dict:
+    """Rows, users, items, positive rate and warm/cold counts per split, plus the id space."""
+    out: dict = {"user_num": ds.user_num, "item_num": ds.item_num, "domain": ds.domain, "splits": {}}
+    for name in SPLIT_NAMES:
+        s = ds.splits[name]
+        out["splits"][name] = {
+            "rows": len(s), "users": int(len(np.unique(s.uid))), "items": int(len(np.unique(s.iid))),
+            "positive_rate": round(float(s.label.mean()), 4) if len(s) else None,
+            "warm": int((s.not_cold == 1).sum()), "cold": int((s.not_cold == 0).sum()),
+            "first_day": str(np.datetime64(int(s.timestamp.min()), "s").astype("datetime64[D]")),
+            "last_day": str(np.datetime64(int(s.timestamp.max()), "s").astype("datetime64[D]")),
+        }
+    return out

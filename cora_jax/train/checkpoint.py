@@ -91,8 +91,10 @@ class RunCheckpoints:
         return meta
 
     def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-        """(state, meta) of step; `template` is a pytree of arrays/ShapeDtypeStructs of the same structure."""
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), template)
+        """(state, meta) of step; `template` is a pytree of the same structure. Its jax.Array /
+        ShapeDtypeStruct leaves give the target shardings (each array is read straight into its
+        shards, whatever mesh saved it); other leaves (numpy) give only shape and dtype."""
+        abstract = jax.tree.map(_abstract, template)
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
@@ -104,6 +106,12 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _abstract(a: Any) -> jax.ShapeDtypeStruct:
+    if isinstance(a, jax.ShapeDtypeStruct):
+        return a
+    return jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=a.sharding if isinstance(a, jax.Array) else None)
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

@@ -6,6 +6,7 @@ import typing
 from typing import Any
 
 from cora_jax.cora import CoRAConfig
+from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.optim import OptimConfig
 
 
@@ -17,6 +18,7 @@ class TrainConfig:
     out: str = "runs/cora/run"          # run directory: checkpoints/, metrics.jsonl, config.json, summary.json
     model: CoRAConfig = CoRAConfig()    # generator sizes, rank, alpha, targets
     optim: OptimConfig = OptimConfig()  # AdamW + warmup-cosine schedule
+    mesh: MeshConfig = MeshConfig()     # device mesh (default: FSDP over every device) and multi-host start-up
     llm_dtype: str = "float32"          # LLM weight + compute dtype (bfloat16 on a GPU); trainables stay float32
     max_titles: int = 10                # history titles in the prompt (most recent; reference 10)
     batch_size: int = 8                 # training rows per step
@@ -26,9 +28,11 @@ class TrainConfig:
     max_steps: int = 20_000             # hard cap on training steps
     max_wall_minutes: float | None = None  # stop (after an evaluation + checkpoint) when this process has run this long
     train_limit: int | None = None      # use only the first N train rows (file order); None = all
-    valid_limit: int | None = None      # early-stop on the first N valid_small rows; None = all
+    valid_limit: int | None = None      # early-stop on N valid_small rows drawn with the seed; None = all
     length_bucket: int = 8              # pad every batch's length up to a multiple of this (fewer compiles)
     bucket_train: bool = True           # group training batches by prompt length (random batch order per pass)
+    calibrate_rows: int = 64            # train rows scored once before step 1 to start the loss offset at
+                                        # logit(their positive rate) - their mean base "Yes" logit; 0 = start at 0
     seed: int = 2023                    # generator init, data order and dropout keys
     async_checkpoint: bool = True       # Orbax saves in a background thread
     progress: bool = True               # tqdm bars
@@ -37,6 +41,8 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "eval_every", "patience", "max_steps", "length_bucket", "max_titles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.calibrate_rows < 0:
+            raise ValueError(f"TrainConfig.calibrate_rows must be >= 0, got {self.calibrate_rows}")
         for name in ("train_limit", "valid_limit"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -45,10 +51,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.llm_dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
         self.model.validate()
         self.optim.validate()
+        self.mesh.validate()
 
 
-# Fields that may differ when resuming: budgets and presentation, not what is computed.
-RESUMABLE_FIELDS = ("out", "max_steps", "max_wall_minutes", "patience", "progress", "async_checkpoint")
+# Fields that may differ when resuming: budgets, presentation and the device mesh (checkpoints are
+# restored straight into the shards of whatever mesh resumes), not what is computed.
+RESUMABLE_FIELDS = ("out", "max_steps", "max_wall_minutes", "patience", "progress", "async_checkpoint", "mesh")
 
 
 def to_dict(cfg: Any) -> dict:

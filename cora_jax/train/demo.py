@@ -25,6 +25,19 @@ class DemoConfig:
     progress: bool = True                 # tqdm bars
 
 
+def print_data_summary(preset, n_prompts: int = 3) -> None:
+    """The split's statistics (one JSON line) and the first test prompts as the preset renders them."""
+    from cora_jax.data import dataset_stats, split_prompts
+    from cora_jax.train.loop import load_data, make_prompt_config
+
+    ds = load_data(preset.data)
+    print(f"[demo] data: {json.dumps(dataset_stats(ds))}")
+    test = ds["test"]
+    prompts = split_prompts(ds, test.take(range(n_prompts)), make_prompt_config(ds, preset))
+    for row, text in enumerate(prompts):
+        print(f"[demo] test row {row} (uid {test.uid[row]}, iid {test.iid[row]}, label {test.label[row]}): {text}")
+
+
 def run_demo(cfg: DemoConfig) -> pathlib.Path:
     from cora_jax.cf import CFTrainConfig, train_cf
     from configs import get_preset
@@ -34,12 +47,13 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     t0 = time.time()
     out = pathlib.Path(cfg.out)
     timings = {}
+    preset = get_preset(cfg.preset)
+    print_data_summary(preset)
     if not (pathlib.Path(cfg.cf_dir) / "config.json").is_file():
         print(f"[demo] pretraining MF on ML-100K -> {cfg.cf_dir}", flush=True)
         train_cf(CFTrainConfig(model="mf", progress=cfg.progress), "ml100k", pathlib.Path(cfg.cf_dir))
     timings["mf_s"] = time.time() - t0
 
-    preset = get_preset(cfg.preset)
     overrides = {"out": str(out / "cora-mf"), "cf": cfg.cf_dir, "progress": cfg.progress}
     if cfg.max_steps is not None:
         overrides["max_steps"] = cfg.max_steps
@@ -52,10 +66,10 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
 
     t2 = time.time()
     cora = evaluate_run(tcfg.out, ("test",), cfg.test_rows, out / "cora-eval", setup=setup, progress=cfg.progress,
-                        sample_seed=cfg.test_seed)
+                        sample_seed=cfg.test_seed, mesh=tcfg.mesh)
     zs = evaluate_zero_shot(None, tcfg.data, ("test",), cfg.test_rows, out / "zero-shot", max_titles=tcfg.max_titles,
                             eval_batch_size=tcfg.eval_batch_size, length_bucket=tcfg.length_bucket, setup=setup,
-                            progress=cfg.progress, sample_seed=cfg.test_seed)
+                            progress=cfg.progress, sample_seed=cfg.test_seed, mesh=tcfg.mesh)
     timings["eval_s"] = time.time() - t2
     timings["total_s"] = time.time() - t0
 

@@ -1,6 +1,8 @@
 """Scoring a finished run (best checkpoint) or the zero-shot base LLM on test / warm / cold / valid,
 beside the CF model's own scores on the same rows and the paper's row; writes results.json,
-results.md and scores.jsonl into an output folder.
+results.md and scores.jsonl into an output folder. Scoring runs sharded over a device mesh
+(`mesh`, any shape: the checkpoint is restored straight into its shards); multi-host with
+mesh.distributed, process 0 writing the files.
 """
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ import json
 import pathlib
 import time
 
+import jax
 import numpy as np
 
+from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import RunCheckpoints, write_json
 from cora_jax.train.config import TrainConfig, from_dict
 from cora_jax.train.loop import (
-    CONFIG_FILE, SetupError, Setup, base_score_fn, build_model, cora_score_fn, get_split, load_setup,
-    prepare_split, restore_trainable, score_rows,
+    CONFIG_FILE, SetupError, Setup, base_score_fn, build_model, get_split, load_setup, make_run_mesh, prepare_split,
+    restore_trainable, score_rows,
 )
 
 # The paper's Table 3 (Vicuna-7B, ML-1M): (AUC, UAUC). Printed beside our rows for orientation.
@@ -64,7 +68,9 @@ def markdown_table(results: dict) -> str:
 
 
 def write_outputs(out_dir: pathlib.Path, results: dict, rows: list[dict]) -> pathlib.Path:
-    """results.json, results.md, scores.jsonl into out_dir; returns the results.json path."""
+    """results.json, results.md, scores.jsonl into out_dir (by process 0 only); returns the results.json path."""
+    if jax.process_index() != 0:
+        return out_dir / "results.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "scores.jsonl").open("w") as f:
         for r in rows:
@@ -82,13 +88,17 @@ def _score_rows_records(name: str, split, scores: np.ndarray, tag: str) -> list[
 
 
 def score_splits(setup: Setup, fn, splits: tuple[str, ...], limit: int | None, sample_seed: int | None,
-                 batch_size: int, bucket: int, tag: str, progress: bool = True) -> tuple[dict, dict, list[dict]]:
-    """(our metrics, CF metrics, score records) over the requested splits; test/valid get warm/cold views."""
+                 batch_size: int, bucket: int, tag: str, mesh: jax.sharding.Mesh,
+                 progress: bool = True) -> tuple[dict, dict, list[dict]]:
+    """(our metrics, CF metrics, score records) over the requested splits; test/valid get warm/cold views.
+    fn: sharded batch -> scores (see loop.score_rows)."""
     ours, cf_metrics, records = {}, {}, []
+    progress = progress and jax.process_index() == 0
     for name in splits:
         split = get_split(setup.dataset, name, limit, sample_seed)
         inputs = prepare_split(setup, split)
-        scores = score_rows(fn, inputs, batch_size, setup.tokenizer.pad_id, bucket, desc=f"{tag} {name}", progress=progress)
+        scores = score_rows(fn, inputs, batch_size, setup.tokenizer.pad_id, bucket, mesh, desc=f"{tag} {name}",
+                            progress=progress)
         views = name in ("test", "valid", "valid_small")
         ours.update(split_report(split, scores, views=views))
         records += _score_rows_records(name, split, scores, tag)
@@ -114,11 +124,14 @@ def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
 
 def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test", "valid"), limit: int | None = None,
                  out: str | pathlib.Path | None = None, setup: Setup | None = None, progress: bool = True,
-                 sample_seed: int | None = None) -> dict:
-    """Score the run's best checkpoint; writes into `out` (default RUN/eval) and returns the results dict."""
+                 sample_seed: int | None = None, mesh: M.MeshConfig = M.MeshConfig()) -> dict:
+    """Score the run's best checkpoint on the device mesh `mesh` (any shape, not necessarily the
+    training one); writes into `out` (default RUN/eval) and returns the results dict."""
+    M.init_distributed(mesh)  # before any other jax use
     t0 = time.time()
     run_dir = pathlib.Path(run_dir)
     cfg = load_run_config(run_dir)
+    device_mesh = make_run_mesh(mesh, eval_batch_size=cfg.eval_batch_size)
     ckpt = RunCheckpoints(run_dir, async_save=False)
     best = ckpt.best_step()
     ckpt.close()
@@ -126,11 +139,11 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
         raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
     setup = setup or load_setup(cfg)
     model = build_model(cfg, setup)
-    graphdef, trainable, frozen = restore_trainable(run_dir, best, model, cfg)
-    score = cora_score_fn(graphdef, frozen)
+    graphdef, st = restore_trainable(run_dir, best, model, cfg, device_mesh)
+    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, device_mesh), st, device_mesh)
     tag = CORA_NAMES.get(setup.cf.kind, "CoRA")
-    ours, cf_m, records = score_splits(setup, lambda b: score(trainable, b), splits, limit, sample_seed, cfg.eval_batch_size,
-                                       cfg.length_bucket, tag, progress)
+    ours, cf_m, records = score_splits(setup, lambda b: eval_step(st.trainable, st.frozen, b), splits, limit,
+                                       sample_seed, cfg.eval_batch_size, cfg.length_bucket, tag, device_mesh, progress)
     results = {
         "title": f"{tag} ({run_dir}, best step {best})", "kind": "cora", "run": str(run_dir), "best_step": best,
         "data": cfg.data, "llm": cfg.llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit,
@@ -145,15 +158,19 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
 def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("test", "valid"), limit: int | None = None,
                        out: str | pathlib.Path = "runs/zero-shot", cf: str | None = None, max_titles: int = 10,
                        eval_batch_size: int = 32, length_bucket: int = 8, llm_dtype: str = "float32",
-                       setup: Setup | None = None, progress: bool = True, sample_seed: int | None = None) -> dict:
-    """Score the frozen base LLM (ICL): the same prompts, no delta. `cf` adds the CF model's scores."""
+                       setup: Setup | None = None, progress: bool = True, sample_seed: int | None = None,
+                       mesh: M.MeshConfig = M.MeshConfig()) -> dict:
+    """Score the frozen base LLM (ICL), sharded over `mesh`: the same prompts, no delta. `cf` adds the CF
+    model's scores."""
+    M.init_distributed(mesh)  # before any other jax use
     t0 = time.time()
     cfg = TrainConfig(data=data, llm=llm, cf=cf or "", max_titles=max_titles, eval_batch_size=eval_batch_size,
-                      length_bucket=length_bucket, llm_dtype=llm_dtype)
+                      length_bucket=length_bucket, llm_dtype=llm_dtype, mesh=mesh)
+    device_mesh = make_run_mesh(mesh, eval_batch_size=eval_batch_size)
     setup = setup or load_setup(cfg, need_cf=cf is not None)
-    fn = base_score_fn(setup.llm, setup.answer_id)
+    fn = base_score_fn(setup.llm, setup.answer_id, device_mesh)
     ours, cf_m, records = score_splits(setup, fn, splits, limit, sample_seed, eval_batch_size, length_bucket, "ICL",
-                                       progress)
+                                       device_mesh, progress)
     models = {"ICL (zero-shot base LLM)": ours}
     if cf_m:
         models[f"{CF_NAMES.get(setup.cf.kind, setup.cf.kind)} (CF, same rows)"] = cf_m

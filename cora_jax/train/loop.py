@@ -1,11 +1,13 @@
-"""CoRA training: setup + validation, length-bucketed batches, the jitted step, early stopping on
-valid_small AUC, Orbax checkpoints (latest + best) and exact resume.
+"""CoRA training: setup + validation, length-bucketed batches, the sharded jitted step on a device
+mesh (cora_jax.train.mesh; one device is a 1x1x1 mesh), early stopping on valid_small AUC, Orbax
+checkpoints (latest + best) and exact resume.
 
 Exact resume: everything a step consumes is a function of (step, seed) or of checkpointed state.
 Batch composition comes from `TrainOrder` (a per-pass permutation seeded by (seed, pass)), dropout
 keys are `fold_in(key, step)`, and the trainable parameters + optimiser state + early-stopping
 counters are restored from the latest checkpoint. A run killed at any point and restarted with the
-same config therefore replays the same steps and ends with the same parameters.
+same config therefore replays the same steps and ends with the same parameters. The restore lands
+every array directly in its shards on the resuming mesh, which may differ from the one that saved.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from cora_jax.cora import TRAINABLE, CoRA
+from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import RunCheckpoints, write_json
 from cora_jax.train.config import RESUMABLE_FIELDS, TrainConfig, to_dict
 from cora_jax.train.optim import make_optimizer, make_schedule
@@ -36,6 +39,21 @@ SUMMARY_FILE = "summary.json"
 
 class SetupError(ValueError):
     """A request that cannot be trained or evaluated (raised before any training step)."""
+
+
+def make_run_mesh(cfg: M.MeshConfig, **batch_sizes: int) -> jax.sharding.Mesh:
+    """The device mesh of `cfg`; each named batch size must split evenly over its batch axes."""
+    try:
+        mesh = M.make_mesh(cfg)
+    except ValueError as err:
+        raise SetupError(f"--mesh: {err}") from None
+    n = M.batch_divisor(mesh)
+    for name, size in batch_sizes.items():
+        if size % n:
+            shape = " x ".join(f"{k} {v}" for k, v in mesh.shape.items())
+            raise SetupError(f"{name} = {size} is not divisible by the mesh's batch axes (data x fsdp = {n}; "
+                             f"mesh {shape} on {mesh.size} devices): use a multiple of {n} or another --mesh")
+    return mesh
 
 
 # ----------------------------------------------------------------------------------- setup
@@ -203,80 +221,102 @@ class TrainOrder:
 
 # ------------------------------------------------------------------------------ scoring
 def score_rows(fn: Callable, inputs: SplitInputs, batch_size: int, pad_id: int, multiple: int,
-               desc: str = "scoring", progress: bool = True) -> np.ndarray:
-    """float32 [n] scores of every row; rows are scored in length order, padded to full batches."""
+               mesh: jax.sharding.Mesh, desc: str = "scoring", progress: bool = True) -> np.ndarray:
+    """float32 [n] scores of every row; rows are scored in length order, padded to full batches.
+
+    fn: batch of global (batch-sharded) jax.Arrays -> scores [B]; batch_size must be a multiple of
+    M.batch_divisor(mesh) (make_run_mesh checks it).
+    """
     order = np.argsort(inputs.lengths, kind="stable")
     out = np.zeros(len(inputs), np.float32)
     bar = tqdm(total=len(inputs), desc=desc, unit="row", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         full = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])  # one shape per length bucket
-        b = make_batch(inputs, full, pad_id, multiple)
-        out[idx] = np.asarray(fn(b))[: len(idx)]
+        b = M.shard_batch(make_batch(inputs, full, pad_id, multiple), mesh)
+        out[idx] = M.to_host(fn(b))[: len(idx)]
         bar.update(len(idx))
     bar.close()
     return out
 
 
-def cora_score_fn(graphdef, frozen) -> Callable:
-    """Jitted eval-mode CoRA scorer: (trainable, numpy batch) -> [B]."""
-    @jax.jit
-    def fn(trainable, b):
-        return nnx.merge(graphdef, trainable, frozen)(b["ids"], b["mask"], b["e_u"], b["e_i"])
-    return fn
-
-
-def base_score_fn(llm, answer_id: int) -> Callable:
-    """Jitted zero-shot scorer of the frozen base LLM: numpy batch -> [B] "Yes" logits."""
+def base_score_fn(llm, answer_id: int, mesh: jax.sharding.Mesh) -> Callable:
+    """Sharded zero-shot scorer of the frozen base LLM: batch -> [B] "Yes" logits. The LLM's
+    weights are placed on `mesh` (and `llm` is pointed at them, so they are held once)."""
     graphdef, state = nnx.split(llm)
+    shardings = M.state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
+    nnx.update(llm, state)
     answer = jnp.asarray([answer_id], jnp.int32)
+    bsh = M.batch_sharding(mesh)
 
-    @jax.jit
+    @partial(jax.jit, in_shardings=(shardings, bsh, bsh), out_shardings=bsh)
     def fn(state, ids, mask):
         return nnx.merge(graphdef, state).score(ids, mask, answer)[:, 0]
     return lambda b: fn(state, b["ids"], b["mask"])
-
-
-def make_train_step(graphdef, tx: optax.GradientTransformation):
-    """(trainable, opt_state, frozen, batch, key) -> (trainable, opt_state, loss); grads of trainable only."""
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(trainable, opt_state, frozen, b, key):
-        def loss_fn(tr):
-            model = nnx.merge(graphdef, tr, frozen)
-            s = model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=key)
-            return optax.sigmoid_binary_cross_entropy(s, b["label"]).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(trainable)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
-    return step
 
 
 def build_model(cfg: TrainConfig, setup: Setup) -> CoRA:
     return CoRA(cfg.model, setup.llm, setup.cf.dim, setup.answer_id, rngs=nnx.Rngs(params=cfg.seed))
 
 
+def place_model(model: CoRA, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
+    """(graphdef, M.ShardedState): the model's trainable / frozen parameters and a fresh `tx` state
+    sharded over `mesh`. The model's frozen (LLM) variables are pointed at the placed arrays, so the
+    LLM is held once, sharded, by the model and by anything else sharing it (Setup.llm)."""
+    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
+    st = M.place(trainable, frozen, tx, mesh)
+    nnx.update(model, st.frozen)
+    return graphdef, st
+
+
+def checkpoint_tree(trainable, opt_state, key) -> dict:
+    """Checkpoint pytree: pure-dict parameters, optimiser-state leaves, raw key data (host).
+    With the live (placed) arrays it is also the restore template: their shardings are the targets."""
+    return {"params": nnx.to_pure_dict(trainable), "opt": jax.tree.leaves(opt_state),
+            "rng": np.asarray(jax.random.key_data(key))}
+
+
 def pack_state(trainable, opt_state, key) -> dict:
-    """Checkpoint pytree: pure-dict parameters, optimiser-state leaves, raw key data. Host copies,
-    because the async save may still be reading them when the next step donates the device buffers."""
-    tree = {"params": nnx.to_pure_dict(trainable), "opt": jax.tree.leaves(opt_state), "rng": jax.random.key_data(key)}
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+    """checkpoint_tree with copies of the arrays (on their devices, same shardings), because the async
+    save may still be reading them when the next step donates the buffers."""
+    return jax.tree.map(lambda x: x.copy(), checkpoint_tree(trainable, opt_state, key))
 
 
-def unpack_state(saved: dict, trainable, opt_state):
-    nnx.replace_by_pure_dict(trainable, jax.tree.map(jnp.asarray, saved["params"]))
-    opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), [jnp.asarray(x) for x in saved["opt"]])
+def unpack_state(saved: dict, st: M.ShardedState):
+    """(trainable, opt_state, key) of a restored checkpoint_tree, on st's shardings."""
+    trainable = st.trainable
+    nnx.replace_by_pure_dict(trainable, saved["params"])
+    opt_state = jax.tree.unflatten(jax.tree.structure(st.opt_state), saved["opt"])
+    trainable, opt_state = jax.device_put((trainable, opt_state), (st.trainable_sh, st.opt_sh))
     return trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(saved["rng"]))
 
 
-def restore_trainable(run_dir: str | pathlib.Path, step: int, model: CoRA, cfg: TrainConfig):
-    """(graphdef, trainable, frozen) of `model` with the trainable parameters of checkpoint `step`."""
-    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
-    opt_state = make_optimizer(cfg.optim).init(trainable)
+def calibrated_offset(base_scores: np.ndarray, labels: np.ndarray) -> float:
+    """The loss offset under which the base scores predict, on average, the rows' positive rate."""
+    rate = float(np.clip(labels.mean(), 1e-3, 1 - 1e-3))
+    return math.log(rate / (1 - rate)) - float(base_scores.mean())
+
+
+def set_loss_offset(trainable, st: M.ShardedState, value: float):
+    pure = nnx.to_pure_dict(trainable)
+    pure["loss_offset"] = jnp.asarray(value, jnp.float32)
+    nnx.replace_by_pure_dict(trainable, pure)
+    return jax.device_put(trainable, st.trainable_sh)
+
+
+def restore_trainable(run_dir: str | pathlib.Path, step: int, model: CoRA, cfg: TrainConfig, mesh: jax.sharding.Mesh):
+    """(graphdef, M.ShardedState) of `model` placed on `mesh` for scoring (no optimiser state), with the
+    trainable parameters of checkpoint `step` restored straight into their shards."""
+    graphdef, st = place_model(model, optax.identity(), mesh)
+    tx = make_optimizer(cfg.optim)
+    opt_abstract = jax.eval_shape(tx.init, st.trainable)  # the checkpoint's optimiser leaves: read, not kept
+    opt = M.abstract_with_shardings(opt_abstract, M.opt_state_shardings(tx, opt_abstract, st.trainable_sh, mesh))
     ckpt = RunCheckpoints(run_dir, async_save=False)
-    saved, _ = ckpt.restore(step, pack_state(trainable, opt_state, jax.random.key(cfg.seed)))
+    saved, _ = ckpt.restore(step, checkpoint_tree(st.trainable, opt, jax.random.key(cfg.seed)))
     ckpt.close()
-    trainable, _, _ = unpack_state(saved, trainable, opt_state)
-    return graphdef, trainable, frozen
+    nnx.replace_by_pure_dict(st.trainable, saved["params"])
+    return graphdef, st
 
 
 # ----------------------------------------------------------------------------- training
@@ -293,8 +333,14 @@ def _log(path: pathlib.Path, record: dict) -> None:
 
 
 def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
-    """Train (or resume) the run in cfg.out; returns the summary (also written to summary.json)."""
+    """Train (or resume) the run in cfg.out on the device mesh cfg.mesh; returns the summary (also
+    written to summary.json). Multi-host (cfg.mesh.distributed): every process runs this with the
+    same config; process 0 writes the run's JSON files, all of them the (sharded) checkpoints."""
+    M.init_distributed(cfg.mesh)  # before any other jax use
     t_start = time.time()
+    cfg.validate()
+    mesh = make_run_mesh(cfg.mesh, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
+    main = jax.process_index() == 0
     run_dir = pathlib.Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
@@ -312,33 +358,40 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
 
     setup = setup or load_setup(cfg)
     train_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.train_limit))
-    valid_in = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit))
+    valid_in = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit, sample_seed=cfg.seed))
     order = TrainOrder(train_in.lengths, cfg.batch_size, cfg.seed, cfg.bucket_train)
 
-    model = build_model(cfg, setup)
-    graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     tx = make_optimizer(cfg.optim)
     schedule = make_schedule(cfg.optim)
-    opt_state = tx.init(trainable)
+    graphdef, st = place_model(build_model(cfg, setup), tx, mesh)
+    trainable, opt_state, frozen = st.trainable, st.opt_state, st.frozen
     key = jax.random.key(cfg.seed)
     es = {"best_auc": -math.inf, "best_step": None, "bad_evals": 0, "last_auc": None}
     step = 0
     if meta is not None:
-        saved, meta = ckpt.restore(latest, pack_state(trainable, opt_state, key))
-        trainable, opt_state, key = unpack_state(saved, trainable, opt_state)
+        saved, meta = ckpt.restore(latest, checkpoint_tree(trainable, opt_state, key))
+        trainable, opt_state, key = unpack_state(saved, st)
         step, es = meta["step"], meta["early_stopping"]
         print(f"{run_dir}: resuming from step {step} (best valid AUC {es['best_auc']:.4f} at step {es['best_step']})")
-    write_json(run_dir / CONFIG_FILE, config)
     metrics_path = run_dir / METRICS_FILE
-    _log(metrics_path, {"event": "resume" if step else "start", "step": step, "time": time.time()})
+    if main:
+        write_json(run_dir / CONFIG_FILE, config)
+        _log(metrics_path, {"event": "resume" if step else "start", "step": step, "mesh": dict(mesh.shape),
+                            "processes": jax.process_count(), "time": time.time()})
 
-    train_step = make_train_step(graphdef, tx)
-    score_fn = cora_score_fn(graphdef, frozen)
+    train_step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
+    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
     pad = setup.tokenizer.pad_id
+    progress = cfg.progress and main
+    if step == 0 and cfg.calibrate_rows:
+        cal_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.calibrate_rows, sample_seed=cfg.seed))
+        base = score_rows(lambda b: eval_step(trainable, frozen, b), cal_in, cfg.eval_batch_size, pad,
+                          cfg.length_bucket, mesh, desc="calibrating", progress=progress)  # P = 0: the base LLM
+        trainable = set_loss_offset(trainable, st, calibrated_offset(base, cal_in.labels))
 
     def evaluate_and_save(step: int, stop_reason: str | None, loss_avg: float | None, rate: float | None) -> str | None:
-        scores = score_rows(lambda b: score_fn(trainable, b), valid_in, cfg.eval_batch_size, pad,
-                            cfg.length_bucket, desc=f"valid_small @ {step}", progress=cfg.progress)
+        scores = score_rows(lambda b: eval_step(trainable, frozen, b), valid_in, cfg.eval_batch_size, pad,
+                            cfg.length_bucket, mesh, desc=f"valid_small @ {step}", progress=progress)
         m = valid_metrics(valid_in, scores)
         if m["valid_auc"] > es["best_auc"]:
             es.update(best_auc=m["valid_auc"], best_step=step, bad_evals=0)
@@ -352,27 +405,31 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             "finished": stop_reason in ("patience", "max_steps"), "stop_reason": stop_reason, "config": config,
         }
         ckpt.save(step, pack_state(trainable, opt_state, key), meta, m["valid_auc"])
-        _log(metrics_path, {"event": "eval", "step": step, **m, "best_auc": es["best_auc"], "best_step": es["best_step"],
-                            "bad_evals": es["bad_evals"], "train_loss": loss_avg, "samples_per_s": rate,
-                            "lr": float(schedule(step)), "time": time.time()})
+        if main:
+            _log(metrics_path, {"event": "eval", "step": step, **m, "best_auc": es["best_auc"], "best_step": es["best_step"],
+                                "bad_evals": es["bad_evals"], "train_loss": loss_avg, "samples_per_s": rate,
+                                "lr": float(schedule(step)), "time": time.time()})
         return stop_reason
 
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="CoRA", unit="step", disable=not cfg.progress)
+    def past_budget() -> bool:  # process 0's clock decides, so every process stops at the same step
+        return cfg.max_wall_minutes is not None and M.agree(time.time() - t_start > 60 * cfg.max_wall_minutes)
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="CoRA", unit="step", disable=not progress)
     losses: list[jax.Array] = []
     stop_reason, t_window, n_window = None, time.time(), 0
     while stop_reason is None and step < cfg.max_steps:
         step += 1
-        b = make_batch(train_in, order.indices(step), pad, cfg.length_bucket)
+        b = M.shard_batch(make_batch(train_in, order.indices(step), pad, cfg.length_bucket), mesh)
         trainable, opt_state, loss = train_step(trainable, opt_state, frozen, b, jax.random.fold_in(key, step))
         losses.append(loss)
         n_window += cfg.batch_size
-        over_budget = cfg.max_wall_minutes is not None and time.time() - t_start > 60 * cfg.max_wall_minutes
+        over_budget = past_budget()
         if step % cfg.eval_every == 0 or step == cfg.max_steps or over_budget:
             loss_avg = float(np.mean(jax.device_get(losses)))
             rate = n_window / (time.time() - t_window)
             reason = "max_steps" if step == cfg.max_steps else ("wall_budget" if over_budget else None)
             stop_reason = evaluate_and_save(step, reason, loss_avg, rate)
-            if stop_reason is None and cfg.max_wall_minutes is not None and time.time() - t_start > 60 * cfg.max_wall_minutes:
+            if stop_reason is None and past_budget():
                 stop_reason = "wall_budget"  # the evaluation itself used up the budget: stop on this checkpoint
             bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{float(schedule(step)):.2e}", sps=f"{rate:.1f}",
                             valid_auc=f"{es['last_auc']:.4f}")
@@ -389,6 +446,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"], "wall_s_this_process": time.time() - t_start,
         "train_rows": len(train_in), "valid_rows": len(valid_in),
     }
-    write_json(run_dir / SUMMARY_FILE, summary)
-    _log(metrics_path, {"event": "end", **summary, "time": time.time()})
+    if main:
+        write_json(run_dir / SUMMARY_FILE, summary)
+        _log(metrics_path, {"event": "end", **summary, "time": time.time()})
     return summary

@@ -17,11 +17,16 @@ Changing the parallelism is editing a table or the MeshConfig, never a layer.
 A logical axis is dropped (replicated) when its mesh axes are already used by an earlier dimension
 of the same array or do not divide the dimension, so every model shape works on every mesh.
 
-Multi-host (one process per host, e.g. a GPU node pair):
-    python train.py cora ... --distributed      # or call init_distributed() before any jax use
-Each process loads only its slice of each global batch (rows [i*B/P, (i+1)*B/P) of process i)
-and `shard_batch` assembles the global array with jax.make_array_from_process_local_data. On a
-single process (this repository's tests and CPU runs) the local slice is the whole batch.
+Multi-host (one process per host, every host running the same command; checkpoints on a shared
+filesystem):
+    python train.py cora ... --mesh.distributed     # SLURM / Open MPI / k8s / TPU: detected
+    python train.py cora ... --mesh.distributed --mesh.coordinator HOST0:PORT \
+        --mesh.num-processes 2 --mesh.process-id {0,1}        # anywhere else
+`init_distributed` (called by train / evaluate before any other jax use) starts jax.distributed;
+the mesh then spans every process's devices. Every process builds the same global numpy batch
+(cheap host arrays) and `shard_batch` hands jax only the rows its own devices hold
+(jax.make_array_from_process_local_data); `to_host` gathers batch-sharded results back. On a single
+process (this repository's tests and CPU runs) the local rows are the whole batch.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -76,19 +82,26 @@ _TARGET_IO = {
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = 1            # data-parallel axis size; -1 = all devices left over by the others
-    fsdp: int = -1           # FSDP axis size (batch + frozen-weight split); -1 = fill
+    fsdp: int = -1           # FSDP axis size (batch + frozen-weight split); -1 = all devices left over by the others
     tensor: int = 1          # tensor-parallel axis size (heads / FFN width); -1 = fill
-    distributed: bool = False  # call jax.distributed.initialize() first (multi-host; env/cluster auto-detected)
+    distributed: bool = False  # multi-host: start jax.distributed first (one process per host)
+    coordinator: str | None = None     # distributed: HOST:PORT of process 0; None = cluster env or JAX_COORDINATOR_ADDRESS
+    num_processes: int | None = None   # distributed: process count; None = detected (SLURM, Open MPI, k8s, TPU)
+    process_id: int | None = None      # distributed: this process's index; None = detected
+
+    def validate(self) -> None:
+        """The checks that need no device count; raises ValueError naming the bad field."""
+        if sum(s == -1 for s in (self.data, self.fsdp, self.tensor)) > 1:
+            raise ValueError(f"MeshConfig: at most one axis may be -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}")
+        for name, s in zip(MESH_AXES, (self.data, self.fsdp, self.tensor)):
+            if s == 0 or s < -1:
+                raise ValueError(f"MeshConfig.{name} must be >= 1 or -1, got {s}")
 
     def shape(self, n_devices: int) -> tuple[int, int, int]:
         """(data, fsdp, tensor) sizes for n_devices; raises ValueError naming the bad field."""
+        self.validate()
         sizes = [self.data, self.fsdp, self.tensor]
         fill = [i for i, s in enumerate(sizes) if s == -1]
-        if len(fill) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}")
-        for name, s in zip(MESH_AXES, sizes):
-            if s == 0 or s < -1:
-                raise ValueError(f"MeshConfig.{name} must be >= 1 or -1, got {s}")
         fixed = math.prod(s for s in sizes if s != -1)
         if fill:
             if n_devices % fixed:
@@ -100,16 +113,24 @@ class MeshConfig:
 
 
 def init_distributed(cfg: MeshConfig) -> None:
-    """Multi-host start-up: jax.distributed.initialize() (coordinator, process id and count come
-    from the cluster environment: SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS etc.).
-    A no-op unless cfg.distributed; must run before any other jax call."""
-    if cfg.distributed:
-        jax.distributed.initialize()
+    """Multi-host start-up: jax.distributed.initialize() with cfg's coordinator / process count /
+    process id, each None one detected from the cluster environment (SLURM, Open MPI, k8s, TPU
+    pods; JAX_COORDINATOR_ADDRESS for the address). A no-op unless cfg.distributed or when already
+    started; must run before any other jax call."""
+    if cfg.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A ("data", "fsdp", "tensor") mesh with Auto axis types (GSPMD propagates shardings)."""
-    devices = list(devices) if devices is not None else jax.devices()
+    """A ("data", "fsdp", "tensor") mesh with Auto axis types (GSPMD propagates shardings).
+
+    devices=None: every device when an axis is -1; with all sizes fixed on a single process, the
+    first data*fsdp*tensor devices (a multi-process mesh always spans every device)."""
+    if devices is None:
+        devices = jax.devices()
+        if -1 not in (cfg.data, cfg.fsdp, cfg.tensor) and jax.process_count() == 1:
+            devices = devices[: cfg.data * cfg.fsdp * cfg.tensor]
+    devices = list(devices)
     shape = cfg.shape(len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
@@ -205,21 +226,41 @@ def batch_divisor(mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> i
     return math.prod(mesh.shape[a] for a in (dict(rules).get("batch") or ()))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> dict[str, jax.Array]:
-    """Global jax.Arrays from this process's rows of a batch (all rows on a single process).
+def process_rows(global_rows: int, mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> slice | np.ndarray:
+    """The rows of a global batch that this process's devices hold (in order): all rows on a
+    single process; with several, the union of its devices' shards of the batch dimension."""
+    index_map = batch_sharding(mesh, rules).addressable_devices_indices_map((global_rows,))
+    ranges = sorted({idx[0].indices(global_rows)[:2] for idx in index_map.values()})
+    if all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:])):
+        return slice(ranges[0][0], ranges[-1][1])
+    return np.concatenate([np.arange(a, b) for a, b in ranges])
 
-    Each process passes its own contiguous slice; the global batch is the concatenation in
-    process order (jax.make_array_from_process_local_data).
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> dict[str, jax.Array]:
+    """Global jax.Arrays of a global numpy batch (the same on every process).
+
+    Each process hands jax only the rows its own devices hold (`process_rows`,
+    jax.make_array_from_process_local_data), so no batch data crosses hosts.
     """
     sharding = batch_sharding(mesh, rules)
     n = batch_divisor(mesh, rules)
     out = {}
     for k, v in batch.items():
-        global_rows = np.shape(v)[0] * jax.process_count()
-        if global_rows % n:
-            raise ValueError(f"batch[{k!r}]: global batch {global_rows} is not divisible by the batch mesh axes ({n} devices)")
-        out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        v = np.asarray(v)
+        if v.shape[0] % n:
+            raise ValueError(f"batch[{k!r}]: global batch {v.shape[0]} is not divisible by the batch mesh axes ({n} devices)")
+        out[k] = jax.make_array_from_process_local_data(sharding, v[process_rows(v.shape[0], mesh, rules)], v.shape)
     return out
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host, batch-sharded) array as numpy, on every process."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's value of a host-side decision (e.g. a wall-clock budget), on every process."""
+    return flag if jax.process_count() == 1 else bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
 
 
 def constrain_g(g_bdr: jax.Array, mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> jax.Array:
@@ -247,9 +288,10 @@ def cora_scores(model, b: dict, rng: jax.Array | None, mesh: jax.sharding.Mesh |
 
 
 def cora_loss_fn(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
-    """(trainable, frozen, batch, key) -> mean BCE of the CoRA "Yes" logits (the training loss)."""
+    """(trainable, frozen, batch, key) -> mean BCE of the CoRA "Yes" logits + the learned loss offset."""
     def loss(trainable, frozen, b, key):
-        s = cora_scores(nnx.merge(graphdef, trainable, frozen), b, key, mesh)
+        model = nnx.merge(graphdef, trainable, frozen)
+        s = cora_scores(model, b, key, mesh) + model.loss_offset[...]
         return optax.sigmoid_binary_cross_entropy(s, b["label"]).mean()
     return loss
 

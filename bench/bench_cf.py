@@ -13,14 +13,11 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from cora_jax import metrics
-from cora_jax.cf.frozen import _state_fns, chunked, split_batch
-from cora_jax.cf.models import bipartite_edges, build_model
-from cora_jax.cf.trainer import CFTrainConfig, _epoch_batches, _epoch_fn, make_optimizer, model_spec
+from cora_jax.cf.frozen import split_batch
+from cora_jax.cf.trainer import CFTrainConfig, CFTrainer
 from cora_jax.data import load_dataset
 
 SETTINGS = {"mf": dict(lr=1e-3, wd=1e-4), "lightgcn": dict(lr=1e-2, wd=1e-4), "sasrec": dict(lr=1e-2, wd=1e-4)}
@@ -29,29 +26,20 @@ SETTINGS = {"mf": dict(lr=1e-3, wd=1e-4), "lightgcn": dict(lr=1e-2, wd=1e-4), "s
 def bench(kind: str, ds, epochs: int) -> dict:
     cfg = CFTrainConfig(model=kind, **SETTINGS[kind])
     train, valid = ds["train"], ds["valid"]
-    edges = bipartite_edges(train.uid, train.iid, train.label, ds.user_num, ds.item_num) if kind == "lightgcn" else None
-    spec = model_spec(cfg, ds, n_edges=0 if edges is None else len(edges[0]))
-    graphdef, params, rest = nnx.split(build_model(spec, cfg.seed, edges), nnx.Param, ...)
-    tx = make_optimizer(cfg)
-    opt_state = tx.init(params)
-    run_epoch = _epoch_fn(graphdef, tx)
-    _, score_fn = _state_fns(graphdef)
-    tb = split_batch(train, spec.seq_len)
-    data = {"uid": jnp.asarray(tb.uid), "iid": jnp.asarray(tb.iid), "hist": jnp.asarray(tb.hist),
-            "label": jnp.asarray(train.label, jnp.float32)}
-    vb = split_batch(valid, spec.seq_len)
+    run = CFTrainer(cfg, ds)
+    params, opt_state = run.params, run.opt_state
+    vb = split_batch(valid, run.spec.seq_len)
     rng = np.random.default_rng(0)
     key = jax.random.key(0)
 
     def train_epoch(p, o):
-        idx, mask = _epoch_batches(rng, len(train), cfg.batch_size)
-        p, o, loss = run_epoch(p, o, rest, data, idx, mask, key)
+        p, o, loss = run.epoch(p, o, rng, key)
         jax.block_until_ready(loss)
         return p, o
 
     def full_epoch(p, o):
         p, o = train_epoch(p, o)
-        metrics.evaluate_split(valid, chunked(lambda b: score_fn((p, rest), b), vb))
+        metrics.evaluate_split(valid, run.scores(p, vb))
         return p, o
 
     params, opt_state = full_epoch(params, opt_state)  # compile both paths

@@ -63,7 +63,7 @@ def chunked(fn, batch: CFBatch, chunk: int = EVAL_CHUNK):
     return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outs)
 
 
-def _state_fns(graphdef):
+def state_fns(graphdef):
     """Jitted eval-mode encode and score over (states, batch); states = the tuple nnx.split returned."""
 
     @jax.jit
@@ -96,7 +96,7 @@ class FrozenCF:
         self.model = model
         self.spec = spec
         self._graphdef, *self._states = nnx.split(model)
-        self._encode, self._score = _state_fns(self._graphdef)
+        self._encode, self._score = state_fns(self._graphdef)
 
     kind = property(lambda self: self.spec.kind)
     dim = property(lambda self: self.spec.dim)

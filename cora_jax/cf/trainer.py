@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from cora_jax.cf.frozen import _state_fns, chunked, save_cf, split_batch
+from cora_jax.cf.frozen import chunked, save_cf, split_batch, state_fns
 from cora_jax.cf.models import MODEL_KINDS, CFBatch, CFConfigError, CFModelSpec, bipartite_edges, build_model
 
 if TYPE_CHECKING:
@@ -127,6 +127,37 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> tuple[n
     return perm.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
+class CFTrainer:
+    """One CF model ready to train on a dataset: the model, its split parameters and optimiser state,
+    the jitted epoch and scorer, and the train split on device (what train_cf and bench/ share)."""
+
+    def __init__(self, cfg: CFTrainConfig, ds: "Dataset"):
+        self.cfg = cfg
+        train = ds["train"]
+        edges = None
+        if cfg.model == "lightgcn":
+            edges = bipartite_edges(train.uid, train.iid, train.label, ds.user_num, ds.item_num)
+        self.spec = model_spec(cfg, ds, n_edges=0 if edges is None else len(edges[0]))
+        self.model = build_model(self.spec, seed=cfg.seed, edges=edges)
+        graphdef, self.params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        self.tx = make_optimizer(cfg)
+        self.opt_state = self.tx.init(self.params)
+        self._run_epoch = _epoch_fn(graphdef, self.tx)
+        _, self._score_fn = state_fns(graphdef)
+        tb = split_batch(train, self.spec.seq_len)
+        self.n_train = len(train)
+        self.train_data = {"uid": jnp.asarray(tb.uid), "iid": jnp.asarray(tb.iid), "hist": jnp.asarray(tb.hist),
+                           "label": jnp.asarray(train.label, jnp.float32)}
+
+    def epoch(self, params, opt_state, rng: np.random.Generator, key: jax.Array):
+        """One shuffled pass over train (order from rng): (params, opt_state, mean loss)."""
+        idx_sb, mask_sb = _epoch_batches(rng, self.n_train, self.cfg.batch_size)
+        return self._run_epoch(params, opt_state, self.rest, self.train_data, idx_sb, mask_sb, key)
+
+    def scores(self, params, batch: CFBatch) -> np.ndarray:
+        return chunked(lambda b: self._score_fn((params, self.rest), b), batch)
+
+
 def _metrics_dict(m) -> dict:
     return {"auc": m.auc, "uauc": m.uauc, "uauc_users": m.uauc_users, "users": m.users, "rows": m.rows}
 
@@ -151,26 +182,10 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
     ds = resolve_data(data)
     _check_splits(ds)
     out_dir = pathlib.Path(out_dir)
-    train, valid, test = ds["train"], ds["valid"], ds["test"]
-
-    edges = None
-    if cfg.model == "lightgcn":
-        edges = bipartite_edges(train.uid, train.iid, train.label, ds.user_num, ds.item_num)
-    spec = model_spec(cfg, ds, n_edges=0 if edges is None else len(edges[0]))
-    model = build_model(spec, seed=cfg.seed, edges=edges)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(cfg)
-    opt_state = tx.init(params)
-    run_epoch = _epoch_fn(graphdef, tx)
-    _, score_fn = _state_fns(graphdef)
-
-    tb = split_batch(train, spec.seq_len)
-    data_dev = {"uid": jnp.asarray(tb.uid), "iid": jnp.asarray(tb.iid), "hist": jnp.asarray(tb.hist),
-                "label": jnp.asarray(train.label, jnp.float32)}
-    valid_batch = split_batch(valid, spec.seq_len)
-
-    def split_scores(p, batch: CFBatch) -> np.ndarray:
-        return chunked(lambda b: score_fn((p, rest), b), batch)
+    valid, test = ds["valid"], ds["test"]
+    run = CFTrainer(cfg, ds)
+    params, opt_state = run.params, run.opt_state
+    valid_batch = split_batch(valid, run.spec.seq_len)
 
     rng = np.random.default_rng(cfg.seed)
     base_key = jax.random.key(cfg.seed + 1)
@@ -182,13 +197,11 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
     bar = tqdm(range(cfg.max_epochs), desc=f"cf {cfg.model}", disable=not cfg.progress, dynamic_ncols=True)
     with (out_dir / "epochs.jsonl").open("w") as log_file, bar:  # the log is written as it goes
         for epoch in bar:
-            idx_sb, mask_sb = _epoch_batches(rng, len(train), cfg.batch_size)
-            params, opt_state, loss = run_epoch(params, opt_state, rest, data_dev, idx_sb, mask_sb,
-                                                jax.random.fold_in(base_key, epoch))
+            params, opt_state, loss = run.epoch(params, opt_state, rng, jax.random.fold_in(base_key, epoch))
             loss = float(loss)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"CF training diverged at epoch {epoch} (loss {loss}); lower lr={cfg.lr}")
-            vm = metrics.evaluate_split(valid, split_scores(params, valid_batch))
+            vm = metrics.evaluate_split(valid, run.scores(params, valid_batch))
             epochs_log.append({"epoch": epoch, "loss": loss, "valid_auc": vm.auc, "valid_uauc": vm.uauc})
             log_file.write(json.dumps(epochs_log[-1]) + "\n")
             log_file.flush()
@@ -201,8 +214,8 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
     train_s = time.perf_counter() - t_train
     epochs_run = len(epochs_log)
 
-    nnx.update(model, best_params)
-    test_scores = split_scores(nnx.state(model, nnx.Param), split_batch(test, spec.seq_len))
+    nnx.update(run.model, best_params)
+    test_scores = run.scores(nnx.state(run.model, nnx.Param), split_batch(test, run.spec.seq_len))
     report = metrics.warm_cold_report(test, test_scores)
     results = {
         "model": cfg.model,
@@ -222,7 +235,7 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
         "wall_s": None,
         "out": str(out_dir),
     }
-    save_cf(model, spec, out_dir, extra={"train": dataclasses.asdict(cfg), "data": results["data"]})
+    save_cf(run.model, run.spec, out_dir, extra={"train": dataclasses.asdict(cfg), "data": results["data"]})
     results["wall_s"] = round(time.perf_counter() - t0, 2)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -7,8 +7,11 @@
     either with --mesh.data/--mesh.fsdp/--mesh.tensor N (default: FSDP over every device) and, one
     process per host, --mesh.distributed (see cora_jax/train/mesh.py)
 
-Subcommands (the first argument) are looked up in SUBCOMMANDS, so later ones (e.g. `report`) slot in
-beside the default scoring command.
+    python eval.py report RUN_DIR... --out DIR
+        finished results files (CoRA / zero-shot / demo / CF) -> DIR/report.md and DIR/warm_cold.png
+        (cora_jax/train/report.py); scores nothing
+
+Subcommands (the first argument) are looked up in SUBCOMMANDS, beside the default scoring command.
 """
 from __future__ import annotations
 
@@ -56,7 +59,13 @@ def main_score(argv: list[str]) -> None:
         print(res["results_json"])
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {}
+def main_report(argv: list[str]) -> None:
+    from cora_jax.train.report import main as report
+
+    report(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {"report": main_report}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,6 +77,7 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     test = {name: per.get("test") for name, per in models.items()}
     results = {
         "title": "Demo: ML-100K + SmolLM2-135M + MF (embedded defaults)", "kind": "demo",
+        "data": tcfg.data, "llm": cora["llm"],
         "rows": f"{cfg.test_rows} test rows drawn at random (seed {cfg.test_seed})" if cfg.test_rows else "the whole test split",
         "cora_mf_test_auc": test["CoRA-MF"]["auc"],
         "zero_shot_test_auc": test["ICL (zero-shot base LLM)"]["auc"],

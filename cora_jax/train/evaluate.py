@@ -27,6 +27,12 @@ PAPER_ML1M = {
     "MF": (0.6486, 0.6396), "LightGCN": (0.5858, 0.6512), "SASRec": (0.7005, 0.6734), "ICL": (0.5119, 0.5178),
     "CoRA-MF": (0.7361, 0.6884), "CoRA-LGCN": (0.7128, 0.6966), "CoRA-SAS": (0.7019, 0.6517),
 }
+# The paper's Table 4 (Vicuna-7B, ML-1M): CoRA-MF's test (AUC, UAUC) by the projections it adapts
+# (model.targets; f = the FFN). The paper gives these on the whole test split, not per warm/cold view.
+PAPER_ML1M_TARGETS = {
+    "qkvof": (0.7312, 0.6801), "qkvo": (0.7361, 0.6884), "qkv": (0.6947, 0.5933), "qko": (0.7111, 0.5973),
+    "qk": (0.6784, 0.5887),
+}
 CF_NAMES = {"mf": "MF", "lightgcn": "LightGCN", "sasrec": "SASRec"}
 CORA_NAMES = {"mf": "CoRA-MF", "lightgcn": "CoRA-LGCN", "sasrec": "CoRA-SAS"}
 

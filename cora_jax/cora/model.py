@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -103,9 +104,13 @@ class CoRA(nnx.Module):
         # near +15 on these prompts), which the adapter would otherwise spend its first steps undoing.
         self.loss_offset = nnx.Param(jnp.zeros((), jnp.float32))
 
-    def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None) -> LowRankDelta:
-        """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target)."""
+    def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None,
+              place_g: Callable[[jax.Array], jax.Array] | None = None) -> LowRankDelta:
+        """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target).
+        place_g: applied to G [B, d_model, r] (the sharded steps pin its sharding with it)."""
         g_bdr = self.generator(jnp.concatenate([e_u_bd, e_i_bd], axis=-1), rng=rng)
+        if place_g is not None:
+            g_bdr = place_g(g_bdr)
         batch = g_bdr.shape[0]
         a = {}
         for t in self.targets:
@@ -119,12 +124,12 @@ class CoRA(nnx.Module):
 
     def __call__(
         self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array, e_u_bd: jax.Array, e_i_bd: jax.Array,
-        *, rng: jax.Array | None = None,
+        *, rng: jax.Array | None = None, place_g: Callable[[jax.Array], jax.Array] | None = None,
     ) -> jax.Array:
         """Left-padded prompts [B, T] + CF embeddings [B, cf_dim] -> "Yes" logits [B]. rng=None: eval mode."""
         gen_rng = None if rng is None else jax.random.fold_in(rng, 0)
         branch_rng = None if rng is None else jax.random.fold_in(rng, 1)
-        delta = self.delta(e_u_bd, e_i_bd, rng=gen_rng)
+        delta = self.delta(e_u_bd, e_i_bd, rng=gen_rng, place_g=place_g)
         answer = jnp.asarray([self.answer_id], jnp.int32)
         return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
 

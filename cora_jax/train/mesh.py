@@ -36,7 +36,6 @@ from functools import partial
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -271,20 +270,10 @@ def constrain_g(g_bdr: jax.Array, mesh: jax.sharding.Mesh, rules: Rules = ACTIVA
 # --------------------------------------------------------------------------- CoRA forward
 def cora_scores(model, b: dict, rng: jax.Array | None, mesh: jax.sharding.Mesh | None = None,
                 rules: Rules = ACTIVATION_RULES) -> jax.Array:
-    """CoRA.__call__ with G pinned to the activation rules: "Yes" logits [B].
-
-    b: ids/mask int [B, T], e_u/e_i float [B, cf_dim]. rng=None -> eval mode. The RNG streams
-    (generator fold 0, branch fold 1) are CoRA.__call__'s, so the numbers are identical
-    (tests/test_sharding.py checks it).
-    """
-    gen_rng = None if rng is None else jax.random.fold_in(rng, 0)
-    branch_rng = None if rng is None else jax.random.fold_in(rng, 1)
-    delta = model.delta(b["e_u"], b["e_i"], rng=gen_rng)
-    if mesh is not None:
-        a = {t: (constrain_g(x, mesh, rules) if x.ndim == 3 else x) for t, x in delta.a.items()}
-        delta = delta.replace(a=a)
-    answer = jnp.asarray([model.answer_id], jnp.int32)
-    return model.llm.score(b["ids"], b["mask"], answer, delta, dropout_rng=branch_rng)[:, 0]
+    """CoRA.__call__ on a batch dict (ids/mask int [B, T], e_u/e_i float [B, cf_dim]) with G pinned
+    to the activation rules when a mesh is given: "Yes" logits [B]. rng=None -> eval mode."""
+    place = None if mesh is None else partial(constrain_g, mesh=mesh, rules=rules)
+    return model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=rng, place_g=place)
 
 
 def cora_loss_fn(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:

@@ -88,6 +88,16 @@ def test_hf_loader_errors_name_tensor_and_file(tmp_path):
         load_weights(bad)
 
 
+def test_loading_bar_follows_progress_flag(tmp_path, capfd):
+    from cora_jax.train.tiny import tiny_llm_dir
+
+    path = tiny_llm_dir(tmp_path / "m", ["a tiny corpus"] * 4, layers=8)  # 8 x 9 + 3 tensors: above the bar's floor
+    load_weights(path, progress=False)
+    assert "loading weights" not in capfd.readouterr().err
+    load_weights(path, progress=True)
+    assert "loading weights" in capfd.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------- GGUF
 def _llamacpp_permute(w, n_head):
     # convert_hf_to_gguf.py's LlamaModel.permute, the reference we must invert

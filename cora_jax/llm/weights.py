@@ -74,13 +74,13 @@ def _slots(model: Llama) -> dict[str, _Slot]:
 
 
 def _fill(model: Llama, tensors: Iterator[tuple[str, str, Callable[[], np.ndarray], tuple[int, ...]]],
-          total: int, optional: set[str] = frozenset()) -> None:
+          total: int, optional: set[str] = frozenset(), progress: bool = True) -> None:
     """Copy (name, file, load, shape) tensors into the model's parameters, checking names and shapes."""
     slots = _slots(model)
     buffers: dict[str, np.ndarray] = {}
     seen: dict[str, str] = {}
     for name, file, load, shape in tqdm(tensors, total=total, desc="loading weights", leave=False,
-                                        disable=total < 64):
+                                        disable=not progress or total < 64):
         if _IGNORED.fullmatch(name):
             continue
         slot = slots.get(name)
@@ -189,7 +189,7 @@ def _hf_files(root: pathlib.Path) -> list[pathlib.Path]:
     raise WeightError(f"{root}: no model.safetensors, *.safetensors or model.safetensors.index.json")
 
 
-def load_hf_dir(root, *, config_overrides: dict | None = None) -> Llama:
+def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
     root = pathlib.Path(root)
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
@@ -200,7 +200,7 @@ def load_hf_dir(root, *, config_overrides: dict | None = None) -> Llama:
     tensors = [t for f in files for t in _safetensors_tensors(f)]
     # a tied model may still carry a copy of the head; it is the embedding and is not needed
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-    _fill(model, iter(tensors), len(tensors), optional)
+    _fill(model, iter(tensors), len(tensors), optional, progress)
     return model
 
 
@@ -263,31 +263,32 @@ def _gguf_tensors(reader, cfg: LlamaConfig, path: pathlib.Path):
     return out
 
 
-def load_gguf(path, *, config_overrides: dict | None = None) -> Llama:
+def load_gguf(path, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
     path = pathlib.Path(path)
     reader = gguf_reader(path)
     cfg = LlamaConfig.from_gguf(reader, **(config_overrides or {}))
     model = _empty_model(cfg)
     tensors = _gguf_tensors(reader, cfg, path)
-    _fill(model, iter(tensors), len(tensors))
+    _fill(model, iter(tensors), len(tensors), progress=progress)
     return model
 
 
 # ------------------------------------------------------------------------------------ entry
-def load_weights(path, *, config_overrides: dict | None = None) -> Llama:
-    """Model from an HF directory (config.json + safetensors) or a .gguf file."""
+def load_weights(path, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
+    """Model from an HF directory (config.json + safetensors) or a .gguf file; `progress`: a tqdm bar."""
     path = pathlib.Path(path).expanduser()
     if path.is_dir():
-        return load_hf_dir(path, config_overrides=config_overrides)
+        return load_hf_dir(path, config_overrides=config_overrides, progress=progress)
     if path.suffix == ".gguf":
-        return load_gguf(path, config_overrides=config_overrides)
+        return load_gguf(path, config_overrides=config_overrides, progress=progress)
     if path.suffix in (".bin", ".pt", ".pth"):
         raise WeightError(f"{path}: pickled PyTorch weights are not loaded; convert the model directory to "
                           "safetensors with transformers' save_pretrained(safe_serialization=True)")
     raise WeightError(f"{path}: expected an HF model directory or a .gguf file")
 
 
-def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, compute_dtype=None, remat: str = "none"):
+def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, compute_dtype=None, remat: str = "none",
+             progress: bool = True):
     """(Llama, Tokenizer) from an HF directory, a .gguf file, or (None) the embedded SmolLM2-135M.
 
     dtype: parameter storage dtype; compute_dtype: activations (default: dtype).
@@ -298,6 +299,6 @@ def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, comput
 
     path = smollm2_gguf() if path is None else pathlib.Path(path).expanduser()
     overrides = dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(compute_dtype or dtype).name, remat=remat)
-    model = load_weights(path, config_overrides=overrides)
+    model = load_weights(path, config_overrides=overrides, progress=progress)
     return model, Tokenizer.from_path(path)
 

@@ -141,7 +141,8 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
     M.init_distributed(mesh)  # before any other jax use
     t0 = time.time()
     run_dir = pathlib.Path(run_dir)
-    cfg = dataclasses.replace(load_run_config(run_dir), out=str(run_dir))  # the run's own files (BinLLM codes) wherever it now lives
+    # out: the run's own files (BinLLM codes) wherever it now lives
+    cfg = dataclasses.replace(load_run_config(run_dir), out=str(run_dir), progress=progress)
     device_mesh = make_run_mesh(mesh, eval_batch_size=cfg.eval_batch_size)
     ckpt = RunCheckpoints(run_dir, async_save=False)
     best = ckpt.best_step()
@@ -178,7 +179,7 @@ def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("t
     M.init_distributed(mesh)  # before any other jax use
     t0 = time.time()
     cfg = TrainConfig(data=data, llm=llm, cf=cf or "", max_titles=max_titles, eval_batch_size=eval_batch_size,
-                      length_bucket=length_bucket, llm_dtype=llm_dtype, mesh=mesh)
+                      length_bucket=length_bucket, llm_dtype=llm_dtype, mesh=mesh, progress=progress)
     device_mesh = make_run_mesh(mesh, eval_batch_size=eval_batch_size)
     setup = setup or load_setup(cfg, need_cf=cf is not None)
     fn = base_score_fn(setup.llm, setup.answer_id, device_mesh)

@@ -80,12 +80,12 @@ def load_data(data: str):
     return load_dataset(path)
 
 
-def load_frozen_llm(llm: str | None, dtype: str):
+def load_frozen_llm(llm: str | None, dtype: str, progress: bool = True):
     from cora_jax.llm import load_llm
 
     if llm is not None and not pathlib.Path(llm).expanduser().exists():
         raise SetupError(f"--llm {llm!r}: no such file or folder (an HF model dir or a .gguf file; omit for SmolLM2)")
-    model, tok = load_llm(llm, dtype=jnp.dtype(dtype))
+    model, tok = load_llm(llm, dtype=jnp.dtype(dtype), progress=progress)
     return model, tok
 
 
@@ -119,7 +119,7 @@ def load_setup(cfg: TrainConfig, *, need_cf: bool | None = None) -> Setup:
         check_cf_matches(cf, ds, cfg.cf)
         if cfg.model.cf_dim is not None and cfg.model.cf_dim != cf.dim:
             raise SetupError(f"model.cf_dim = {cfg.model.cf_dim} but the CF checkpoint {cfg.cf} has dim {cf.dim}")
-    llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype)
+    llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype, cfg.progress)
     if cfg.model.d_model is not None and cfg.model.d_model != llm.config.hidden_size:
         raise SetupError(
             f"model.d_model = {cfg.model.d_model} (the generator's output width) but the LLM "

@@ -5,8 +5,8 @@ Full schedules (the reference's settings; for a GPU): `<method>-ml1m`. The same 
 budget: `<method>-ml1m-cpu5`, every method under one budget (SmolLM2, 3 history titles, 64 steps of
 batch 8 -- about 5 minutes on 2 CPU cores --, the best of two evaluations on 128 valid_small rows); the Table-4 weight types
 `cora-mf-ml1m-cpu5-<targets>` and the ID-only variants `<method>-ml1m-cpu5-idonly` on that budget too;
-`{cora-mf,collm-mf,tallrec,binllm}-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and
-`cora-mf-ml1m-cpu12-<targets>`: 160 steps (CoLLM's stage 1 stays the 64-step TALLRec).
+`<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`: 160 steps
+(CoLLM's and PersonPrompt's stage 1 stays the 64-step TALLRec).
 CoLLM and PersonPrompt load the LoRA of the TALLRec run (stage 1) and freeze it, so train TALLRec first.
 """
 from __future__ import annotations
@@ -63,9 +63,10 @@ CPU: dict[str, TrainConfig] = {
 # The same comparison on a longer step budget: 160 steps (the demo's schedule; about 12 minutes here).
 CPU_LONG = dataclasses.replace(CPU_BUDGET, max_steps=160, eval_every=40,
                                optim=dataclasses.replace(CPU_BUDGET.optim, warmup_steps=20, decay_steps=160))
-for _name, _method in (("cora-mf", MethodConfig()), ("collm-mf", MethodConfig(kind="collm", lora_from=TALLREC_CPU_RUN)),
-                       ("tallrec", MethodConfig(kind="tallrec")), ("binllm", MethodConfig(kind="binllm"))):
-    CPU[f"{_name}-ml1m-cpu12"] = dataclasses.replace(CPU_LONG, method=_method, out=f"runs/baselines/{_name}-ml1m-cpu12")
+for _name in ("cora-mf", "collm-mf", "tallrec", "binllm", "prompt4nr", "personprompt"):
+    _short = CPU[f"{_name}-ml1m-cpu5"]
+    CPU[f"{_name}-ml1m-cpu12"] = dataclasses.replace(CPU_LONG, method=_short.method, out=f"runs/baselines/{_name}-ml1m-cpu12",
+                                                     optim=dataclasses.replace(CPU_LONG.optim, lr=_short.optim.lr))
 # Table 4: CoRA-MF's weight types on both budgets (qkvo is the plain preset).
 for _budget in ("cpu5", "cpu12"):
     for _t in ("qkvof", "qkv", "qko", "qk"):

@@ -60,7 +60,7 @@ CPU: dict[str, TrainConfig] = {
                                   lr=1e-2),
     "binllm-ml1m-cpu5": _cpu("binllm-ml1m-cpu5", MethodConfig(kind="binllm")),
 }
-# The same comparison on a longer step budget: 160 steps (the demo's schedule; about 12 minutes here).
+# The same comparison on a longer step budget: 160 steps (the demo's schedule; 12-25 minutes per run here).
 CPU_LONG = dataclasses.replace(CPU_BUDGET, max_steps=160, eval_every=40,
                                optim=dataclasses.replace(CPU_BUDGET.optim, warmup_steps=20, decay_steps=160))
 for _name in ("cora-mf", "collm-mf", "tallrec", "binllm", "prompt4nr", "personprompt"):

@@ -1,10 +1,11 @@
 """Presets of the paper's LLM baselines and ablations (cora-reference.md §9-§10), each a frozen
 TrainConfig like the CoRA presets: `python train.py cora --preset NAME`.
 
-Full schedules (the reference's settings; for a GPU): `<method>-ml1m`. The same comparison on a CPU
+Full schedules (the reference's settings; for a GPU): `<method>-ml1m`, CoLLM also as
+`collm-{lightgcn,sasrec}-ml1m`. The same comparison on a CPU
 budget: `<method>-ml1m-cpu5`, every method under one budget (SmolLM2, 3 history titles, 64 steps of
 batch 8 -- about 5 minutes on 2 CPU cores --, the best of two evaluations on 128 valid_small rows); the Table-4 weight types
-`cora-mf-ml1m-cpu5-<targets>` and the ID-only variants `<method>-ml1m-cpu5-idonly` on that budget too;
+`cora-mf-ml1m-cpu5-<targets>` and the ID-only variants `{cora-mf,collm-mf,binllm}-ml1m-cpu5-idonly` on that budget too;
 `<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`: 160 steps
 (CoLLM's and PersonPrompt's stage 1 stays the 64-step TALLRec).
 CoLLM and PersonPrompt load the LoRA of the TALLRec run (stage 1) and freeze it, so train TALLRec first.
@@ -35,6 +36,10 @@ FULL: dict[str, TrainConfig] = {
                                              optim=dataclasses.replace(_FULL.optim, lr=1e-2, min_lr=8e-4)),
     "binllm-ml1m": dataclasses.replace(_FULL, method=MethodConfig(kind="binllm"), out="runs/baselines/binllm-ml1m"),
 }
+# CoLLM on the other CF backbones: the same MLP over their (frozen) embeddings.
+for _cf in ("lightgcn", "sasrec"):
+    FULL[f"collm-{_cf}-ml1m"] = dataclasses.replace(FULL["collm-mf-ml1m"], cf=f"runs/cf/ml1m-{_cf}",
+                                                    out=f"runs/baselines/collm-{_cf}-ml1m")
 
 # --- One CPU budget for every method ------------------------------------------------------------
 # A step budget, not a clock: every method sees the same 64 batches of 8 rows even when the CPU is shared.

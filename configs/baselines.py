@@ -2,13 +2,13 @@
 TrainConfig like the CoRA presets: `python train.py cora --preset NAME`.
 
 Full schedules (the reference's settings; for a GPU): `<method>-ml1m`, CoLLM also as
-`collm-{lightgcn,sasrec}-ml1m`. The same comparison on a CPU
-budget: `<method>-ml1m-cpu5`, every method under one budget (SmolLM2, 3 history titles, 64 steps of
-batch 8 -- about 5 minutes on 2 CPU cores --, the best of two evaluations on 128 valid_small rows); the Table-4 weight types
-`cora-mf-ml1m-cpu5-<targets>` and the ID-only variants `{cora-mf,collm-mf,binllm}-ml1m-cpu5-idonly` on that budget too;
-`<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`: 160 steps
-(CoLLM's and PersonPrompt's stage 1 stays the 64-step TALLRec).
-CoLLM and PersonPrompt load the LoRA of the TALLRec run (stage 1) and freeze it, so train TALLRec first.
+`collm-{lightgcn,sasrec}-ml1m`. The same comparison on a CPU budget: `<method>-ml1m-cpu5`, every method
+under one budget (SmolLM2, 3 history titles, 64 steps of batch 8 -- about 5 minutes on 2 CPU cores --,
+the best of two evaluations on 128 valid_small rows); the Table-4 weight types `cora-mf-ml1m-cpu5-<targets>`
+and the ID-only variants `{cora-mf,collm-mf,binllm}-ml1m-cpu5-idonly` on that budget too. On 160 steps:
+`<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`.
+CoLLM and PersonPrompt load the LoRA of a TALLRec run (stage 1: `tallrec-ml1m` for the full presets, the
+64-step `tallrec-ml1m-cpu5` for both CPU budgets) and freeze it, so train that TALLRec first.
 """
 from __future__ import annotations
 

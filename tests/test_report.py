@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cora_jax.train.report import load_results
+from cora_jax.train.report import _short_run_names, load_results
 from eval import main
 
 
@@ -45,11 +45,12 @@ def test_report(inputs, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "Vicuna-7B on ML-1M" in md
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
-    cf_row = rows[f"MF [{tmp_path / 'cf-mf' / 'results.json'}]"]
+    cf_row = rows["MF [cf-mf]"]  # twin MF rows: each named by its run folder, not its whole path
     assert "| 0.6437 | 0.6000 | 0.7220 | 0.4799 | 0.6486 | 0.6396 | 7331 |" in cf_row
     assert "| 0.5123 | 0.5011 | – | – | 0.5119 | 0.5178 | 2000 | ml-1m-collm | TinyLLM |" in rows["ICL"]
     cora = [line for line in md.splitlines() if line.startswith("| CoRA-MF [")]
-    assert len(cora) == 2 and "| 0.7012 | 0.6111 | 0.7112 | 0.6912 | 0.7361 | 0.6884 | 500 |" in md
+    assert sorted(c.split(" | ")[0] for c in cora) == ["| CoRA-MF [cora-qk]", "| CoRA-MF [cora-qkvo]"]
+    assert "| 0.7012 | 0.6111 | 0.7112 | 0.6912 | 0.7361 | 0.6884 | 500 |" in md
     # Table 4: rows by targets, ours warm/cold/test beside the paper's
     assert "| 0.7112 | 0.6222 | 0.6912 | 0.6333 | 0.7012 | 0.6111 | 0.7361 | 0.6884 |" in rows["qkvo"]
     assert "| 0.6643 | 0.6222 | 0.6443 | 0.6333 | 0.6543 | 0.6111 | 0.6784 | 0.5887 |" in rows["qk"]
@@ -134,3 +135,12 @@ def test_the_cf_row_repeated_by_runs_on_the_same_rows_is_listed_once(inputs):
     cf_rows = [r for r in records if r["method"] == "MF" and r["source"].endswith("eval/results.json")]
     assert len(cf_rows) == 1 and cf_rows[0]["llm"] == "–"  # both CoRA runs scored MF on identical rows
     assert sum(r["method"] == "CoRA-MF" for r in records) == 2
+
+
+def test_run_names_are_the_shortest_folder_suffixes_that_differ():
+    names = _short_run_names(["runs/a/eval/results.json", "runs/a/eval-full/results.json", "x/b/results.json",
+                              "y/b/results.json", "y/b/results.json"])
+    assert names == {"runs/a/eval/results.json": "runs/a", "runs/a/eval-full/results.json": "a/eval-full",
+                     "x/b/results.json": "x/b", "y/b/results.json": "y/b"}
+    assert _short_run_names(["runs/cf/mf/results.json", "runs/cora/eval/results.json"]) == {
+        "runs/cf/mf/results.json": "mf", "runs/cora/eval/results.json": "cora"}

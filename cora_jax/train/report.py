@@ -48,9 +48,10 @@ def _cora_targets(run_dir: pathlib.Path | None) -> str | None:
 
 
 def load_results(paths: list[str]) -> list[dict]:
-    """One record per (input, model): method (the paper's name, no suffix), with_titles, label (method,
-    "(ID-only)" when so, plus the path when two share it), source, data, llm, targets (CoRA rows of CoRA runs
-    with a known config; Table 4 takes those with text) and splits {name: metrics}."""
+    """One record per (input, model): method (the paper's name, no suffix), with_titles, source (the results
+    file), run (its folder's shortest distinct name), label (method, "(ID-only)" when so, plus [run] when two
+    share it), data, llm, targets (CoRA rows of CoRA runs with a known config; Table 4 takes those with text)
+    and splits {name: metrics}."""
     records = []
     for arg in paths:
         path, run_dir = _results_path(arg)
@@ -79,13 +80,28 @@ def load_results(paths: list[str]) -> list[dict]:
             records.append({**base, "method": method, "with_titles": with_titles,
                             "llm": "–" if cf_row else res.get("llm", "–"), "splits": splits,
                             "targets": targets if method.startswith("CoRA") else None})
+    run_names = _short_run_names([r["source"] for r in records])
     for r in records:
+        r["run"] = run_names[r["source"]]
         r["label"] = r["method"] if r["with_titles"] else f"{r['method']} (ID-only)"
     counts = collections.Counter(r["label"] for r in records)
     for r in records:
         if counts[r["label"]] > 1:
-            r["label"] = f"{r['label']} [{r['source']}]"
+            r["label"] = f"{r['label']} [{r['run']}]"
     return records
+
+
+def _short_run_names(sources: list[str]) -> dict[str, str]:
+    """Each results file's folder, named by as few trailing path parts as keep the folders apart (a run's own
+    `eval/` folder counts as the run): runs/a/eval -> "a", runs/a/eval-full -> "a/eval-full"."""
+    folders = {s: pathlib.PurePath(s).parent for s in sources}
+    folders = {s: f.parent if f.name == "eval" else f for s, f in folders.items()}
+    distinct = set(folders.values())
+    for k in range(1, max((len(f.parts) for f in distinct), default=1) + 1):
+        names = {f: "/".join(f.parts[-k:]) for f in distinct}
+        if len(set(names.values())) == len(distinct):
+            break
+    return {s: names[f] for s, f in folders.items()}
 
 
 def _test_auc(r: dict) -> float | None:
@@ -107,12 +123,6 @@ def id_only_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
 
 def _method_cell(r: dict) -> str:
     return f"{r['method']} ({r['targets']})" if r["targets"] else r["method"]
-
-
-def _run_name(r: dict) -> str:
-    """The short name of a record's results file: its run / output folder."""
-    p = pathlib.PurePath(r["source"]).parent
-    return p.parent.name if p.name == "eval" else p.name
 
 
 def _num(x) -> str:
@@ -214,9 +224,7 @@ def plot_warm_cold(records: list[dict], path: str | pathlib.Path) -> None:
     """Grouped bars: test_warm and test_cold AUC per method."""
     series = [(name, color, [(r["splits"].get(split) or {}).get("auc") for r in records])
               for split, name, color in (("test_warm", "warm", "tab:orange"), ("test_cold", "cold", "tab:blue"))]
-    # The run folder, not the whole results path, tells apart records that share a label.
-    ticks = [r["label"].split(" [")[0] + (f"\n[{_run_name(r)}]" if " [" in r["label"] else "")
-             + f"\n({pathlib.PurePath(r['data']).name})" for r in records]
+    ticks = [r["label"].replace(" [", "\n[") + f"\n({pathlib.PurePath(r['data']).name})" for r in records]
     _grouped_bars(path, series, ticks, width_per_group=1.2, value_size=7, ylabel="AUC", legend="test view",
                   title="Warm vs cold test AUC\n(run in square brackets, data in round ones; dashed = chance)")
 
@@ -234,7 +242,7 @@ def plot_id_only(pairs: list[tuple[dict, dict]], path: str | pathlib.Path) -> No
               for j, (name, color) in enumerate((("with text", "tab:green"), ("ID-only", "tab:grey")))]
     ticks = [f"{_method_cell(t)}\n({pathlib.PurePath(t['data']).name})" for t, _ in pairs]
     if len(set(ticks)) < len(ticks):  # repeated runs of one method: name the runs
-        ticks = [f"{tick}\ntext: {_run_name(t)}\nID-only: {_run_name(i)}" for tick, (t, i) in zip(ticks, pairs)]
+        ticks = [f"{tick}\ntext: {t['run']}\nID-only: {i['run']}" for tick, (t, i) in zip(ticks, pairs)]
     _grouped_bars(path, series, ticks, width_per_group=1.8, value_size=8, ylabel="test AUC", legend="prompt",
                   title="ID-only vs with-text prompt, test AUC\n(data in brackets; dashed = chance)")
 

@@ -140,7 +140,9 @@ def test_the_cf_row_repeated_by_runs_on_the_same_rows_is_listed_once(inputs):
 def test_run_names_are_the_shortest_folder_suffixes_that_differ():
     names = _short_run_names(["runs/a/eval/results.json", "runs/a/eval-full/results.json", "x/b/results.json",
                               "y/b/results.json", "y/b/results.json"])
-    assert names == {"runs/a/eval/results.json": "runs/a", "runs/a/eval-full/results.json": "a/eval-full",
+    assert names == {"runs/a/eval/results.json": "a", "runs/a/eval-full/results.json": "a/eval-full",
                      "x/b/results.json": "x/b", "y/b/results.json": "y/b"}
+    assert _short_run_names(["runs/a/eval/results.json", "x/a/eval/results.json"]) == {
+        "runs/a/eval/results.json": "runs/a", "x/a/eval/results.json": "x/a"}
     assert _short_run_names(["runs/cf/mf/results.json", "runs/cora/eval/results.json"]) == {
         "runs/cf/mf/results.json": "mf", "runs/cora/eval/results.json": "cora"}

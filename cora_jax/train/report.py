@@ -92,16 +92,20 @@ def load_results(paths: list[str]) -> list[dict]:
 
 
 def _short_run_names(sources: list[str]) -> dict[str, str]:
-    """Each results file's folder, named by as few trailing path parts as keep the folders apart (a run's own
-    `eval/` folder counts as the run): runs/a/eval -> "a", runs/a/eval-full -> "a/eval-full"."""
+    """Each results file's folder, named by as few trailing path parts as set it apart from the other folders.
+    A run's own `eval/` folder counts as the run, and another eval* folder keeps its parent (the run) in its
+    name: runs/a/eval beside runs/a/eval-full -> "a", "a/eval-full"; x/b beside y/b -> "x/b", "y/b"."""
     folders = {s: pathlib.PurePath(s).parent for s in sources}
     folders = {s: f.parent if f.name == "eval" else f for s, f in folders.items()}
     distinct = set(folders.values())
-    for k in range(1, max((len(f.parts) for f in distinct), default=1) + 1):
-        names = {f: "/".join(f.parts[-k:]) for f in distinct}
-        if len(set(names.values())) == len(distinct):
-            break
-    return {s: names[f] for s, f in folders.items()}
+
+    def name(f: pathlib.PurePath) -> str:
+        for k in range(2 if f.name.startswith("eval") else 1, len(f.parts) + 1):
+            suffix = f.parts[-k:]
+            if all(g.parts[-k:] != suffix for g in distinct - {f}):
+                return "/".join(suffix)
+        return str(f)
+    return {s: name(f) for s, f in folders.items()}
 
 
 def _test_auc(r: dict) -> float | None:

@@ -71,4 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from cora_jax.runtime import retain_freed_memory
+
+    retain_freed_memory()  # before jax starts its threads
     main()

@@ -5,7 +5,8 @@
 (c) scoring throughput (samples/s) and the fraction of the float32 matmul peak measured here
 
 Every ratio is measured in this one run. Timings are the median of --reps runs after a warm-up
-compile; on a shared CPU they are noisy, so compare ratios, not absolute numbers across runs.
+compile, the variants timed round-robin; on a shared CPU they are noisy, so compare ratios, not
+absolute numbers across runs.
 
     .venv/bin/python bench/bench_llm.py [--batch 8] [--rank 16] [--reps 5] [--data ../shared/data/ml-1m-collm]
 """
@@ -24,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from cora_jax.llm import LowRankDelta, load_llm
+from cora_jax.runtime import retain_freed_memory
 
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -50,24 +52,29 @@ def ml1m_prompts(data: pathlib.Path, n: int) -> list[str]:
         return out
 
 
-def timed(fn, reps: int) -> float:
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def timed_interleaved(fns: list, reps: int) -> list[float]:
+    """Median seconds of each function. After one warm-up call each (the compile), the timed calls go
+    round-robin over the functions, so all see the same drift of a shared CPU's speed."""
+    for fn in fns:
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, times):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     """float32 GFLOP/s of one jitted n x n matmul on this machine, now."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / timed(lambda: f(a), reps) / 1e9
+    return 2 * n**3 / timed_interleaved([lambda: f(a)], reps)[0] / 1e9
 
 
 def main():
+    retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
@@ -113,9 +120,8 @@ def main():
     agree = float(jnp.max(jnp.abs(s_side - s_mat)))
 
     peak = matmul_peak()
-    t_plain = timed(lambda: plain(state, ids, mask), args.reps)
-    t_side = timed(lambda: side_branch(state, ids, mask, g, p), args.reps)
-    t_mat = timed(lambda: materialised(state, ids, mask, g, p), args.reps)
+    t_plain, t_side, t_mat = timed_interleaved([lambda: plain(state, ids, mask), lambda: side_branch(state, ids, mask, g, p),
+                                                lambda: materialised(state, ids, mask, g, p)], args.reps)
     peak = max(peak, matmul_peak())  # measured before and after, the higher one is the machine's peak
 
     n_embed = cfg.vocab_size * cfg.hidden_size
@@ -130,7 +136,11 @@ def main():
     print(f"score, materialised W+dW:      {t_mat * 1e3:8.1f} ms  {B / t_mat:6.2f} samples/s  (max |diff| vs side branch {agree:.2e})")
     print(f"(a) delta / no-delta time ratio: {t_side / t_plain:.3f}  (target <= 1.10)")
     print(f"(b) materialised / side-branch:  {t_mat / t_side:.2f}x  (target >= 3x)")
-    print(f"(b') added cost over no delta, materialised / side-branch: {(t_mat - t_plain) / max(t_side - t_plain, 1e-9):.2f}x")
+    if t_side - t_plain > 0.01 * t_plain:
+        print(f"(b') added cost over no delta, materialised / side-branch: {(t_mat - t_plain) / (t_side - t_plain):.2f}x")
+    else:  # the ratio of two differences within timing noise would be meaningless
+        print(f"(b') added cost over no delta: materialised {(t_mat - t_plain) * 1e3:.1f} ms, side branch "
+              f"{(t_side - t_plain) * 1e3:.1f} ms (under 1% of the step: not measurable, no ratio)")
     print(f"(c) throughput {B / t_plain:.2f} samples/s (no delta), {B / t_side:.2f} samples/s (delta); "
           f"{flops / t_plain / 1e9 / peak:.1%} of the measured float32 matmul peak")
     del s_plain

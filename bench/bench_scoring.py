@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig
 from cora_jax.llm import length_buckets, load_llm
+from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
 
 CF_DIM = 256
@@ -46,6 +47,7 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
 
 
 def main():
+    retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test rows (default: all 7,331)")
     ap.add_argument("--batch", type=int, default=32, help="rows per scoring call (the reference's eval batch)")

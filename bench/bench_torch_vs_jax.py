@@ -9,17 +9,27 @@ architecture on both sides (its weights are initialised independently: it is <1%
 P is random (not 0) so that gradients reach the generator as after the first steps.
 e_u/e_i are fixed random vectors (the CF model is outside the step on both sides).
 
-Threads: the process is pinned to --threads cores before jax and torch start, XLA's CPU pool
+Processes: each side runs in a child process of its own (jax, then torch, --rounds times), so
+neither runtime's threads and allocations slow the other (2026-12-02, in one shared process: the
+cora_jax training step 5.76 s, against 4.4-5.1 s in a process of its own); a round alternates the sides, so both see the same drift of a
+shared CPU's speed. Each child times one warm-up step (the jax compile) and --reps timed steps; the
+figures are medians over every timed step of every round. The parent checks that both children
+computed the same base "Yes" logits (same weights, same batch).
+
+Threads: each child is pinned to --threads cores before jax or torch start, XLA's CPU pool
 sizes itself from that affinity and torch.set_num_threads(--threads) matches it.
 
-    .venv/bin/python bench/bench_torch_vs_jax.py [--batch 8] [--reps 3] [--threads 2]
+    .venv/bin/python bench/bench_torch_vs_jax.py [--batch 8] [--reps 3] [--rounds 2] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -27,7 +37,9 @@ def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=3, help="timed steps per side (median), after one warm-up step")
+    ap.add_argument("--reps", type=int, default=3, help="timed steps per side and round, after one warm-up step")
+    ap.add_argument("--rounds", type=int, default=2, help="child processes per side, run alternately")
+    ap.add_argument("--side", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)  # set for the children
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--offset", type=int, default=0, help="first train row of the batch")
     ap.add_argument("--data", type=pathlib.Path,
@@ -37,6 +49,10 @@ def parse():
 
 ARGS = parse()
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: ARGS.threads])  # before jax/torch create pools
+
+from cora_jax.runtime import retain_freed_memory  # noqa: E402
+
+retain_freed_memory()  # as train.py does; torch's child gets the same malloc settings
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -55,14 +71,15 @@ QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 CF_DIM = 256
 
 
-def timed(fn, reps: int) -> tuple[float, object]:
-    out = fn()  # warm-up (compile on the jax side)
+def timed(fn, reps: int) -> tuple[list[float], object]:
+    """Seconds of each of `reps` calls after one warm-up call (the jax compile), and the last output."""
+    out = fn()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+    return times, out
 
 
 # ----------------------------------------------------------------------------------- torch side
@@ -161,27 +178,30 @@ def torch_llm(jax_llm) -> transformers.LlamaForCausalLM:
     return model.eval().requires_grad_(False)
 
 
-def main():
+def setup(args) -> dict:
+    """What both sides share: the LLM (cora_jax's load, copied into torch by the torch side), the batch,
+    the CoRA config and the initial P."""
+    from cora_jax.cora.model import projection_dims
     from cora_jax.data import PromptConfig, load_dataset, split_prompts
 
-    args = ARGS
     llm, tok = load_llm(None)
-    cfg = llm.config
     ds = load_dataset(args.data)
     split = ds["train"].take(np.arange(args.offset, args.offset + args.batch))
     ids, mask = tok.batch(split_prompts(ds, split, PromptConfig(domain=ds.domain)))
-    B, T = ids.shape
+    B = ids.shape[0]
     rng = np.random.default_rng(0)
     batch = {"ids": ids, "mask": mask, "e_u": rng.standard_normal((B, CF_DIM)).astype(np.float32),
              "e_i": rng.standard_normal((B, CF_DIM)).astype(np.float32), "label": split.label.astype(np.float32)}
-    answer = tok.answer_token_id("Yes")
     ccfg = CoRAConfig(rank=args.rank, alpha=2.0 * args.rank)
-    scale = ccfg.alpha / ccfg.rank
+    L = llm.config.num_hidden_layers
+    p_init = {t: 0.02 * np.random.default_rng(i).standard_normal(
+        (L, args.rank, projection_dims(llm.config, t)[1])).astype(np.float32) for i, t in enumerate(QKVO)}
+    return dict(llm=llm, batch=batch, answer=tok.answer_token_id("Yes"), ccfg=ccfg, p_init=p_init)
 
-    # ---- jax: the sharded step of cora_jax.train.mesh on a 1-device mesh
+
+def run_jax(args, llm, batch, answer, ccfg, p_init) -> dict:
+    """The sharded steps of cora_jax.train.mesh on a 1-device mesh."""
     model = CoRA(ccfg, llm, CF_DIM, answer, rngs=nnx.Rngs(0))
-    p_init = {t: 0.02 * np.random.default_rng(i).standard_normal(getattr(model.p, t).shape).astype(np.float32)
-              for i, t in enumerate(QKVO)}
     for t in QKVO:
         getattr(model.p, t).set_value(jnp.asarray(p_init[t]))
     mesh = M.make_mesh(M.MeshConfig(data=1, fsdp=1), devices=jax.devices()[:1])
@@ -193,73 +213,103 @@ def main():
     jb = M.shard_batch(batch, mesh)
     state = {"tr": st.trainable, "opt": st.opt_state, "step": 0}
 
-    def jax_train():
+    def train():
         state["step"] += 1
         state["tr"], state["opt"], loss = train_step(state["tr"], state["opt"], st.frozen, jb,
                                                      jax.random.fold_in(jax.random.key(1), state["step"]))
         return float(loss)
 
-    jax_eval = lambda: np.asarray(eval_step(state["tr"], st.frozen, jb))  # noqa: E731
+    base = np.asarray(nnx.jit(lambda m, i, k: m.score(i, k, jnp.asarray([answer]))[:, 0])(llm, batch["ids"], batch["mask"]))
+    train_s, loss = timed(train, args.reps)
+    eval_s, _ = timed(lambda: np.asarray(eval_step(state["tr"], st.frozen, jb)), args.reps)
+    return dict(train_s=train_s, eval_s=eval_s, loss=loss, base=base.tolist(),
+                tokens=[*map(int, batch["ids"].shape), int(batch["mask"].sum())])
 
-    # ---- torch: same LLM weights, branch wrapped around q/k/v/o, generator + P trained with AdamW
+
+def run_torch(args, llm, batch, answer, ccfg, p_init) -> dict:
+    """transformers' LlamaForCausalLM with the same weights, the branch wrapped around q/k/v/o,
+    generator + P trained with AdamW."""
+    cfg = llm.config
+    scale = ccfg.alpha / ccfg.rank
+    B = batch["ids"].shape[0]
     tm = torch_llm(llm)
     branch = Branch()
-    P = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.from_numpy(p_init[t])) for t in QKVO})
-    for i, layer in enumerate(tm.model.layers):
-        for t in QKVO:
-            p_li = torch.nn.Parameter(P[t].data[i])  # views of one [L, r, d_out] tensor per target would alias;
-            P[f"{t}_{i}"] = p_li                     # one leaf parameter per (target, layer) is what a torch port does
-            setattr(layer.self_attn, t, LinearWithBranch(getattr(layer.self_attn, t), p_li, branch, scale, ccfg.branch_dropout))
+    P = torch.nn.ParameterDict()
     for t in QKVO:
-        del P[t]
+        for i, layer in enumerate(tm.model.layers):
+            # one leaf parameter per (target, layer), as a torch port has (views of one tensor would alias)
+            P[f"{t}_{i}"] = p_li = torch.nn.Parameter(torch.from_numpy(p_init[t][i].copy()))
+            setattr(layer.self_attn, t, LinearWithBranch(getattr(layer.self_attn, t), p_li, branch, scale, ccfg.branch_dropout))
     gen = TGenerator(ccfg.generator, 2 * CF_DIM, cfg.hidden_size, args.rank)
     params = list(gen.parameters()) + list(P.values())
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3)
-    t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+    t_ids, t_mask = torch.from_numpy(batch["ids"]).long(), torch.from_numpy(batch["mask"]).long()
     pos = (t_mask.cumsum(-1) - 1).clamp(min=0)
     cf = torch.from_numpy(np.concatenate([batch["e_u"], batch["e_i"]], -1))
     label = torch.from_numpy(batch["label"])
     head_row = tm.model.embed_tokens.weight[answer]
 
-    def torch_scores(train: bool):
+    def last_hidden():
+        return tm.model(input_ids=t_ids, attention_mask=t_mask, position_ids=pos).last_hidden_state[:, -1]  # final-normed
+
+    def scores(train: bool):
         gen.train(train)
         tm.train(train)  # only the branch dropout reacts (LLM dropout rates are 0)
         branch.g = gen(cf)
-        h = tm.model(input_ids=t_ids, attention_mask=t_mask, position_ids=pos).last_hidden_state  # final-normed
-        return h[:, -1] @ head_row  # left padding: the last position is real; one LM-head row only
+        return last_hidden() @ head_row  # left padding: the last position is real; one LM-head row only
 
-    def torch_train():
+    def train():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(torch_scores(True), label)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(scores(True), label)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
-    def torch_eval():
+    def evaluate():
         with torch.no_grad():
-            return torch_scores(False).numpy()
+            return scores(False).numpy()
 
-    # same-weights check: base LLM scores agree between the two stacks (G = 0 makes the branch add 0)
-    with torch.no_grad():
+    with torch.no_grad():  # the base LLM's scores: G = 0 makes the branch add 0
         tm.eval()
         branch.g = torch.zeros(B, cfg.hidden_size, args.rank)
-        torch_base = (tm.model(input_ids=t_ids, attention_mask=t_mask, position_ids=pos).last_hidden_state[:, -1]
-                      @ head_row).numpy()
-    jax_base = np.asarray(jax.jit(lambda i, m: llm.score(i, m, jnp.asarray([answer]))[:, 0])(ids, mask))
-    same = float(np.abs(torch_base - jax_base).max())
+        base = (last_hidden() @ head_row).numpy()
+    train_s, loss = timed(train, args.reps)
+    eval_s, _ = timed(evaluate, args.reps)
+    return dict(train_s=train_s, eval_s=eval_s, loss=loss, base=base.tolist(), torch_threads=torch.get_num_threads())
 
+
+def child(side: str) -> dict:
+    """Run one side in a child process; its result is the JSON on the last line of its stdout."""
+    cmd = [sys.executable, __file__, "--side", side] + [a for a in sys.argv[1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"the {side} child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    args = ARGS
+    if args.side is not None:
+        run = run_jax if args.side == "jax" else run_torch
+        print(json.dumps(run(args, **setup(args))))
+        return
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append({side: child(side) for side in ("jax", "torch")})
+        secs = {side: ", ".join(f"{t:.2f}" for t in rounds[-1][side]["train_s"]) for side in ("jax", "torch")}
+        print(f"round {r + 1}/{args.rounds}: train steps cora_jax [{secs['jax']}] s, torch [{secs['torch']}] s", flush=True)
+    res = {side: {k: sum((rd[side][k] for rd in rounds), []) for k in ("train_s", "eval_s")} for side in ("jax", "torch")}
+    same = max(float(np.abs(np.asarray(rd["jax"]["base"]) - np.asarray(rd["torch"]["base"])).max()) for rd in rounds)
+    B, T, real = rounds[0]["jax"]["tokens"]
     print(f"SmolLM2-135M float32, batch {B} x {T} tokens (ML-1M train rows {args.offset}..{args.offset + B - 1}, "
-          f"{int(mask.sum())} real tokens), rank {args.rank}, qkvo, {args.threads} thread(s) each "
-          f"(torch {torch.get_num_threads()}, process affinity {len(os.sched_getaffinity(0))} cores), reps {args.reps} (median)")
+          f"{real} real tokens), rank {args.rank}, qkvo, {args.threads} thread(s) each (torch "
+          f"{rounds[0]['torch']['torch_threads']}), {args.rounds} round(s) x {args.reps} timed steps per side (median)")
     print(f"same weights: max |base 'Yes' logit torch - jax| = {same:.2e}")
-    t_jt, jl = timed(jax_train, args.reps)
-    t_tt, tl = timed(torch_train, args.reps)
-    t_je, _ = timed(jax_eval, args.reps)
-    t_te, _ = timed(torch_eval, args.reps)
-    print(f"train step  cora_jax {t_jt:7.2f} s  {B / t_jt:6.2f} samples/s   torch eager {t_tt:7.2f} s  {B / t_tt:6.2f} samples/s"
-          f"   ratio jax/torch {t_tt / t_jt:.2f}x   (last losses {jl:.4f} / {tl:.4f})")
-    print(f"eval step   cora_jax {t_je:7.2f} s  {B / t_je:6.2f} samples/s   torch eager {t_te:7.2f} s  {B / t_te:6.2f} samples/s"
-          f"   ratio jax/torch {t_te / t_je:.2f}x")
+    for step in ("train", "eval"):
+        tj, tt = statistics.median(res["jax"][f"{step}_s"]), statistics.median(res["torch"][f"{step}_s"])
+        print(f"{step:5s} step  cora_jax {tj:7.2f} s  {args.batch / tj:6.2f} samples/s   torch eager {tt:7.2f} s  "
+              f"{args.batch / tt:6.2f} samples/s   ratio jax/torch {tt / tj:.2f}x")
+    print(f"last losses: cora_jax {rounds[-1]['jax']['loss']:.4f}, torch {rounds[-1]['torch']['loss']:.4f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cora_jax.llm import LlamaConfig, LowRankDelta, TARGETS, llama2_7b
-from cora_jax.llm.model import abstract_llama, param_count
+from cora_jax.llm.model import _swiglu, abstract_llama, param_count
 from llm_helpers import tiny_config, tiny_model
 
 B, T, R = 3, 7, 5
@@ -132,6 +132,16 @@ def test_gradients_only_for_the_delta():
     shapes = list(dots(jax.make_jaxpr(jax.grad(loss))(delta).jaxpr))
     assert shapes, "no dot_general found: the jaxpr walk is broken"
     assert not [s for s in shapes if s in weight_shapes], "a frozen weight's gradient is computed"
+
+
+def test_swiglu_vjp_equals_autodiff_of_the_expression():
+    rng = np.random.default_rng(0)
+    gate, up, cot = (jnp.asarray(4 * rng.standard_normal((3, 5, 7)), jnp.float32) for _ in range(3))
+    out, vjp = jax.vjp(_swiglu, gate, up)
+    ref_out, ref_vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, gate, up)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-6, atol=1e-6)
+    for got, want in zip(vjp(cot), ref_vjp(cot)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_remat_and_bf16_configs_run():

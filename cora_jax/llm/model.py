@@ -194,19 +194,45 @@ class DecoderLayer(nnx.Module):
         v = att.v_proj(x, lora("v_proj")).reshape(B, T, att.n_kv, att.head_dim)
         q, k = _rotate(q, cos_btd, sin_btd), _rotate(k, cos_btd, sin_btd)
         g = att.n_heads // att.n_kv  # query heads per key/value head (GQA); 1 = MHA, n_heads = MQA
-        q = q.reshape(B, T, att.n_kv, g, att.head_dim)
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32) / math.sqrt(att.head_dim)
-        probs = jax.nn.softmax(scores + bias_b1ts[:, :, None], axis=-1).astype(att.dtype)
-        ctx = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, att.n_heads * att.head_dim)
+        # kv-head-major layout, a kv head's g query heads stacked as rows [B, n_kv, g*T, hd]: plain
+        # batched matmuls, about 2x faster on CPU than one einsum over the [B, T, heads, hd] layout
+        q = q.reshape(B, T, att.n_kv, g, att.head_dim).transpose(0, 2, 3, 1, 4).reshape(B, att.n_kv, g * T, att.head_dim)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkqh,bksh->bkqs", q, k).astype(jnp.float32) / math.sqrt(att.head_dim)
+        scores = scores.reshape(B, att.n_kv, g, T, -1) + bias_b1ts[:, :, None]
+        probs = jax.nn.softmax(scores, axis=-1).astype(att.dtype).reshape(B, att.n_kv, g * T, -1)
+        ctx = jnp.einsum("bkqs,bksh->bkqh", probs, v).reshape(B, att.n_kv, g, T, att.head_dim)
+        ctx = ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, att.n_heads * att.head_dim)
         lora.new_input(1, ctx)
         h_btd = h_btd + att.o_proj(ctx, lora("o_proj"))
 
         x = self.post_attention_layernorm(h_btd)
         lora.new_input(2, x)
         gate, up = self.mlp.gate_proj(x, lora("gate_proj")), self.mlp.up_proj(x, lora("up_proj"))
-        hidden = jax.nn.silu(gate) * up
+        hidden = _swiglu(gate, up)
         lora.new_input(3, hidden)
         return h_btd + self.mlp.down_proj(hidden, lora("down_proj"))
+
+
+@jax.custom_vjp
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up. Its own VJP keeps only gate and up for the backward pass; autodiff of the
+    expression also stores silu(gate) and sigmoid(gate), three more [B, T, intermediate] arrays
+    per layer in a training step's memory."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return _swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res, g):
+    gate, up = res
+    sig = jax.nn.sigmoid(gate)
+    return g * up * sig * (1 + gate * (1 - sig)), g * gate * sig
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class _LayerLora:

@@ -10,9 +10,9 @@ P is random (not 0) so that gradients reach the generator as after the first ste
 e_u/e_i are fixed random vectors (the CF model is outside the step on both sides).
 
 Processes: each side runs in a child process of its own (jax, then torch, --rounds times), so
-neither runtime's threads and allocations slow the other (2026-12-02, in one shared process: the
-cora_jax training step 5.76 s, against 4.4-5.1 s in a process of its own); a round alternates the sides, so both see the same drift of a
-shared CPU's speed. Each child times one warm-up step (the jax compile) and --reps timed steps; the
+neither runtime's threads and allocations slow the other (2026-12-02, with both in one process:
+the cora_jax training step 5.76 s, against a 4.69 s median alone); alternating the sides lets both
+see the same drift of a shared CPU's speed. Each child times one warm-up step (the jax compile) and --reps timed steps; the
 figures are medians over every timed step of every round. The parent checks that both children
 computed the same base "Yes" logits (same weights, same batch).
 
@@ -280,7 +280,7 @@ def run_torch(args, llm, batch, answer, ccfg, p_init) -> dict:
 
 def child(side: str) -> dict:
     """Run one side in a child process; its result is the JSON on the last line of its stdout."""
-    cmd = [sys.executable, __file__, "--side", side] + [a for a in sys.argv[1:]]
+    cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"the {side} child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")

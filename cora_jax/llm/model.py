@@ -217,8 +217,8 @@ class DecoderLayer(nnx.Module):
 @jax.custom_vjp
 def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
     """silu(gate) * up. Its own VJP keeps only gate and up for the backward pass; autodiff of the
-    expression also stores silu(gate) and sigmoid(gate), three more [B, T, intermediate] arrays
-    per layer in a training step's memory."""
+    expression kept three more [B, T, intermediate] arrays per layer (silu's intermediates) among
+    a training step's residuals."""
     return jax.nn.silu(gate) * up
 
 

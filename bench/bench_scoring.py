@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -30,20 +28,9 @@ from cora_jax.llm import length_buckets, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
 
+from bench_llm import matmul_peak  # bench/ is on sys.path when a script here runs
+
 CF_DIM = 256
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """float32 GFLOP/s of one jitted n x n matmul (median of reps)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def main():

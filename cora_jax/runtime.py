@@ -12,11 +12,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 def retain_freed_memory() -> bool:
     """Keep memory that a step frees for the next step instead of handing it back to the kernel.
 
-    glibc serves each large allocation (XLA's per-execution temporaries: over 1 GB for a SmolLM2
-    training step) with a fresh mmap and unmaps it on free, so every step faults its buffers back in,
-    a page at a time: ~316k page faults per step, and up to 40% of the step's wall time when another
-    threaded runtime shares the process. One arena, no mmap and a 2 GiB trim threshold make the
-    buffers of one step the free heap blocks of the next. Call it before the first jax computation
+    glibc serves a large allocation made outside its main heap (XLA's per-execution temporaries:
+    over 1 GB for a SmolLM2 training step) with a fresh mmap and unmaps it on free, so a step can
+    fault its buffers back in a page at a time: ~315k page faults per step when it happened here
+    (it depends on which thread allocates), and with torch in the same process a step then spent
+    7-10 s in the kernel. One arena, no mmap and a 2 GiB trim threshold make the buffers of one
+    step the free heap blocks of the next. Call it before the first jax computation
     (it sets how threads created later allocate). glibc on Linux only; elsewhere a no-op. Returns
     whether the settings were applied.
     """

@@ -20,6 +20,7 @@ p = libc.malloc(size); ctypes.memset(p, 1, size)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
+
 def _second_round_faults(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True)
     return int(out.stdout.strip())

@@ -12,14 +12,15 @@ e_u/e_i are fixed random vectors (the CF model is outside the step on both sides
 Processes: each side runs in a child process of its own (jax, then torch, --rounds times), so
 neither runtime's threads and allocations slow the other (2026-12-02, with both in one process:
 the cora_jax training step 5.76 s, against a 4.69 s median alone); alternating the sides lets both
-see the same drift of a shared CPU's speed. Each child times one warm-up step (the jax compile) and --reps timed steps; the
-figures are medians over every timed step of every round. The parent checks that both children
-computed the same base "Yes" logits (same weights, same batch).
+see the same drift of a shared CPU's speed. Each child runs --warmup untimed steps (the jax compile,
+then the steps whose fresh heap pages still fault in) and --reps timed ones; the figures are
+medians over every timed step of every round, with the page faults of the timed steps. The parent
+checks that both children computed the same base "Yes" logits (same weights, same batch).
 
 Threads: each child is pinned to --threads cores before jax or torch start, XLA's CPU pool
 sizes itself from that affinity and torch.set_num_threads(--threads) matches it.
 
-    .venv/bin/python bench/bench_torch_vs_jax.py [--batch 8] [--reps 3] [--rounds 2] [--threads 2]
+    .venv/bin/python bench/bench_torch_vs_jax.py [--batch 8] [--warmup 4] [--reps 3] [--rounds 2] [--threads 2]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,14 +39,18 @@ def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=3, help="timed steps per side and round, after one warm-up step")
+    ap.add_argument("--reps", type=int, default=3, help="timed steps per side and round")
+    ap.add_argument("--warmup", type=int, default=4, help="untimed steps before them (compile, heap growth)")
     ap.add_argument("--rounds", type=int, default=2, help="child processes per side, run alternately")
     ap.add_argument("--side", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)  # set for the children
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--offset", type=int, default=0, help="first train row of the batch")
     ap.add_argument("--data", type=pathlib.Path,
                     default=pathlib.Path(__file__).resolve().parents[2] / "shared/data/ml-1m-collm")
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.warmup < 1 or args.reps < 1:
+        ap.error("--warmup and --reps must be at least 1 (the first step compiles)")
+    return args
 
 
 ARGS = parse()
@@ -71,15 +77,19 @@ QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 CF_DIM = 256
 
 
-def timed(fn, reps: int) -> tuple[list[float], object]:
-    """Seconds of each of `reps` calls after one warm-up call (the jax compile), and the last output."""
-    out = fn()
-    times = []
+def timed(fn, warmup: int, reps: int) -> tuple[list[float], list[int], object]:
+    """Seconds and minor page faults of each of `reps` calls after `warmup` untimed calls, and the
+    last output. The warm-up covers the jax compile and the first steps, whose new heap pages fault
+    in (2026-12-02, cora_jax: 139k, 77k, 51k, 20k faults in the four steps after the first, then none)."""
+    for _ in range(warmup):
+        out = fn()
+    times, faults = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
-    return times, out
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return times, faults, out
 
 
 # ----------------------------------------------------------------------------------- torch side
@@ -220,9 +230,9 @@ def run_jax(args, llm, batch, answer, ccfg, p_init) -> dict:
         return float(loss)
 
     base = np.asarray(nnx.jit(lambda m, i, k: m.score(i, k, jnp.asarray([answer]))[:, 0])(llm, batch["ids"], batch["mask"]))
-    train_s, loss = timed(train, args.reps)
-    eval_s, _ = timed(lambda: np.asarray(eval_step(state["tr"], st.frozen, jb)), args.reps)
-    return dict(train_s=train_s, eval_s=eval_s, loss=loss, base=base.tolist(),
+    train_s, train_pf, loss = timed(train, args.warmup, args.reps)
+    eval_s, eval_pf, _ = timed(lambda: np.asarray(eval_step(state["tr"], st.frozen, jb)), args.warmup, args.reps)
+    return dict(train_s=train_s, eval_s=eval_s, train_pf=train_pf, eval_pf=eval_pf, loss=loss, base=base.tolist(),
                 tokens=[*map(int, batch["ids"].shape), int(batch["mask"].sum())])
 
 
@@ -273,9 +283,9 @@ def run_torch(args, llm, batch, answer, ccfg, p_init) -> dict:
         tm.eval()
         branch.g = torch.zeros(B, cfg.hidden_size, args.rank)
         base = (last_hidden() @ head_row).numpy()
-    train_s, loss = timed(train, args.reps)
-    eval_s, _ = timed(evaluate, args.reps)
-    return dict(train_s=train_s, eval_s=eval_s, loss=loss, base=base.tolist(), torch_threads=torch.get_num_threads())
+    train_s, train_pf, loss = timed(train, args.warmup, args.reps)
+    eval_s, eval_pf, _ = timed(evaluate, args.warmup, args.reps)
+    return dict(train_s=train_s, eval_s=eval_s, train_pf=train_pf, eval_pf=eval_pf, loss=loss, base=base.tolist(), torch_threads=torch.get_num_threads())
 
 
 def child(side: str) -> dict:
@@ -298,17 +308,21 @@ def main():
         rounds.append({side: child(side) for side in ("jax", "torch")})
         secs = {side: ", ".join(f"{t:.2f}" for t in rounds[-1][side]["train_s"]) for side in ("jax", "torch")}
         print(f"round {r + 1}/{args.rounds}: train steps cora_jax [{secs['jax']}] s, torch [{secs['torch']}] s", flush=True)
-    res = {side: {k: sum((rd[side][k] for rd in rounds), []) for k in ("train_s", "eval_s")} for side in ("jax", "torch")}
+    res = {side: {k: sum((rd[side][k] for rd in rounds), []) for k in ("train_s", "eval_s", "train_pf", "eval_pf")}
+           for side in ("jax", "torch")}
     same = max(float(np.abs(np.asarray(rd["jax"]["base"]) - np.asarray(rd["torch"]["base"])).max()) for rd in rounds)
     B, T, real = rounds[0]["jax"]["tokens"]
     print(f"SmolLM2-135M float32, batch {B} x {T} tokens (ML-1M train rows {args.offset}..{args.offset + B - 1}, "
           f"{real} real tokens), rank {args.rank}, qkvo, {args.threads} thread(s) each (torch "
-          f"{rounds[0]['torch']['torch_threads']}), {args.rounds} round(s) x {args.reps} timed steps per side (median)")
+          f"{rounds[0]['torch']['torch_threads']}), {args.rounds} round(s) x {args.reps} timed steps per side (median) "
+          f"after {args.warmup} untimed")
     print(f"same weights: max |base 'Yes' logit torch - jax| = {same:.2e}")
     for step in ("train", "eval"):
         tj, tt = statistics.median(res["jax"][f"{step}_s"]), statistics.median(res["torch"][f"{step}_s"])
         print(f"{step:5s} step  cora_jax {tj:7.2f} s  {args.batch / tj:6.2f} samples/s   torch eager {tt:7.2f} s  "
               f"{args.batch / tt:6.2f} samples/s   ratio jax/torch {tt / tj:.2f}x")
+        faults = {side: statistics.median(res[side][f"{step}_pf"]) for side in ("jax", "torch")}
+        print(f"{'':11s} page faults per timed step (median): cora_jax {faults['jax']:.0f}, torch {faults['torch']:.0f}")
     print(f"last losses: cora_jax {rounds[-1]['jax']['loss']:.4f}, torch {rounds[-1]['torch']['loss']:.4f}")
 
 

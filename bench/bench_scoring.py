@@ -91,16 +91,16 @@ def main():
           f"{real} real / {padded} padded tokens, finite scores: {bool(np.isfinite(scores).all())}")
     print(f"float32 matmul peak (2048^3, measured now): {peak:.1f} GFLOP/s")
     if n_steady:
-        steady_frac = 2 * non_embed * padded_steady / t_steady / 1e9 / peak
         steady = f"{n_steady / t_steady:.2f} samples/s over {n_steady} rows"
+        steady_fraction = f", {2 * non_embed * padded_steady / t_steady / 1e9 / peak:.1%} steady state"
     else:
         steady = "not measured: every bucket shape was scored once (more rows, e.g. a larger --limit)"
+        steady_fraction = ""
     print(f"wall incl. compiles: {t_all:.1f} s = {n / t_all:.2f} samples/s; "
           f"steady state (each shape's first call excluded): {steady}")
     print(f"FLOP-limit fraction (2 x {non_embed / 1e6:.1f}M non-embedding params x padded tokens / peak): "
-          f"{flops / t_all / 1e9 / peak:.1%} incl. compiles"
-          + (f", {steady_frac:.1%} steady state" if n_steady else "")
-          + f"; counting real tokens only: {2 * non_embed * real / t_all / 1e9 / peak:.1%} incl. compiles")
+          f"{flops / t_all / 1e9 / peak:.1%} incl. compiles{steady_fraction}; "
+          f"counting real tokens only: {2 * non_embed * real / t_all / 1e9 / peak:.1%} incl. compiles")
 
 
 if __name__ == "__main__":

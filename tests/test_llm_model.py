@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cora_jax.llm import LlamaConfig, LowRankDelta, TARGETS, llama2_7b
-from cora_jax.llm.model import _swiglu, abstract_llama, param_count
+from cora_jax.llm.model import _attention_probs, _swiglu, abstract_llama, param_count
 from llm_helpers import tiny_config, tiny_model
 
 B, T, R = 3, 7, 5
@@ -142,6 +142,22 @@ def test_swiglu_vjp_equals_autodiff_of_the_expression():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-6, atol=1e-6)
     for got, want in zip(vjp(cot), ref_vjp(cot)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_probs_vjp_equals_autodiff_of_softmax(dtype):
+    rng = np.random.default_rng(0)
+    scores = jnp.asarray(3 * rng.standard_normal((2, 3, 5, 6)), jnp.float32)
+    scores = scores.at[0, 0, 0, 2:].set(jnp.finfo(jnp.float32).min)  # a masked row, as padding gives
+    cot = jnp.asarray(rng.standard_normal(scores.shape), dtype)
+    out, vjp = jax.vjp(lambda s: _attention_probs(s, jnp.dtype(dtype)), scores)
+    ref_out, ref_vjp = jax.vjp(lambda s: jax.nn.softmax(s, axis=-1).astype(dtype), scores)
+    assert out.dtype == jnp.dtype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-2  # bfloat16: the backward reads the rounded probabilities
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref_out, np.float32), atol=tol)
+    (got,), (want,) = vjp(cot), ref_vjp(cot)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
 
 
 def test_remat_and_bf16_configs_run():

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cora_jax.nn import dropout
+
 ModelKind = Literal["mf", "lightgcn", "sasrec"]
 MODEL_KINDS: tuple[str, ...] = ("mf", "lightgcn", "sasrec")
 LN_EPS = 1e-8  # the reference SASRec's LayerNorm epsilon
@@ -165,13 +167,6 @@ class LightGCN(nnx.Module):
         return _dot(users_ud[batch.uid], items_id[batch.iid])
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
 def _xavier(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """Xavier-normal, the reference's init for every SASRec weight matrix and embedding."""
     return math.sqrt(2.0 / (shape[0] + shape[1])) * jax.random.normal(key, shape, jnp.float32)
@@ -213,12 +208,12 @@ class SASRecBlock(nnx.Module):
         v_bhtk = self.v(x_btd).reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
         logits_bhqt = jnp.einsum("bhqk,bhsk->bhqs", q_bhqk, k_bhtk) / math.sqrt(d // h)
         logits_bhqt = jnp.where(mask_bqt[:, None], logits_bhqt, -jnp.inf)
-        attn_bhqt = _dropout(jax.nn.softmax(logits_bhqt, axis=-1), self.dropout, keys[0])
+        attn_bhqt = dropout(jax.nn.softmax(logits_bhqt, axis=-1), self.dropout, keys[0])
         ctx_bqd = jnp.einsum("bhqs,bhsk->bhqk", attn_bhqt, v_bhtk).transpose(0, 2, 1, 3).reshape(b, -1, d)
         x_bqd = q_bqd + self.o(ctx_bqd)
         y_bqd = self.ffn_ln(x_bqd)
-        f_bqd = jax.nn.relu(_dropout(self.ffn1(y_bqd), self.dropout, keys[1]))
-        return y_bqd + _dropout(self.ffn2(f_bqd), self.dropout, keys[2])
+        f_bqd = jax.nn.relu(dropout(self.ffn1(y_bqd), self.dropout, keys[1]))
+        return y_bqd + dropout(self.ffn2(f_bqd), self.dropout, keys[2])
 
 
 class SASRec(nnx.Module):
@@ -247,7 +242,7 @@ class SASRec(nnx.Module):
         valid_bt = hist_bt != 0
         x_btd = self.item_emb[...][hist_bt] * math.sqrt(self.dim)
         x_btd = x_btd + self.pos_emb[...][self.seq_len - t :][None]
-        x_btd = _dropout(x_btd, self.dropout, keys[0]) * valid_bt[..., None]
+        x_btd = dropout(x_btd, self.dropout, keys[0]) * valid_bt[..., None]
         causal_tt = jnp.tril(jnp.ones((t, t), bool))
         # Padded keys are masked; the diagonal stays open so padded queries have a finite softmax
         # (their outputs are zeroed anyway, and a real query's diagonal is a real key).

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cora_jax.nn import dropout
+
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
@@ -38,14 +40,6 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig.hidden ({self.hidden}) is not divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GeneratorConfig.dropout must be in [0, 1), got {self.dropout}")
-
-
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when rng is None (eval) or rate is 0."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def _key(rng: jax.Array | None, i: int) -> jax.Array | None:

@@ -14,12 +14,15 @@ computed as a side branch on activations; W + A B is never materialised per samp
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+
+from cora_jax.nn import dropout
 
 from .config import LlamaConfig
 
@@ -199,8 +202,8 @@ class DecoderLayer(nnx.Module):
         q = q.reshape(B, T, att.n_kv, g, att.head_dim).transpose(0, 2, 3, 1, 4).reshape(B, att.n_kv, g * T, att.head_dim)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         scores = jnp.einsum("bkqh,bksh->bkqs", q, k).astype(jnp.float32) / math.sqrt(att.head_dim)
-        scores = scores.reshape(B, att.n_kv, g, T, -1) + bias_b1ts[:, :, None]
-        probs = jax.nn.softmax(scores, axis=-1).astype(att.dtype).reshape(B, att.n_kv, g * T, -1)
+        scores = (scores.reshape(B, att.n_kv, g, T, -1) + bias_b1ts[:, :, None]).reshape(B, att.n_kv, g * T, -1)
+        probs = _attention_probs(scores, att.dtype)
         ctx = jnp.einsum("bkqs,bksh->bkqh", probs, v).reshape(B, att.n_kv, g, T, att.head_dim)
         ctx = ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, att.n_heads * att.head_dim)
         lora.new_input(1, ctx)
@@ -212,6 +215,27 @@ class DecoderLayer(nnx.Module):
         hidden = _swiglu(gate, up)
         lora.new_input(3, hidden)
         return h_btd + self.mlp.down_proj(hidden, lora("down_proj"))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _attention_probs(scores: jax.Array, dtype) -> jax.Array:
+    """softmax of float32 scores over the last axis, in the compute dtype. Its own VJP keeps only
+    these probabilities for the backward pass, the array the context einsum reads anyway; autodiff
+    kept the float32 softmax output and its sums beside them (a second [B, heads, T, T] array per layer)."""
+    return jax.nn.softmax(scores, axis=-1).astype(dtype)
+
+
+def _attention_probs_fwd(scores, dtype):
+    probs = _attention_probs(scores, dtype)
+    return probs, probs
+
+
+def _attention_probs_bwd(dtype, probs, g):
+    p32, g32 = probs.astype(jnp.float32), g.astype(jnp.float32)
+    return (p32 * (g32 - jnp.sum(g32 * p32, axis=-1, keepdims=True)),)
+
+
+_attention_probs.defvjp(_attention_probs_fwd, _attention_probs_bwd)
 
 
 @jax.custom_vjp
@@ -248,10 +272,8 @@ class _LayerLora:
     def new_input(self, group: int, x_btd: jax.Array) -> None:
         if not self.a_keys:
             return
-        if self.rate > 0.0 and self.rng is not None:
-            keep = jax.random.bernoulli(jax.random.fold_in(self.rng, group), 1.0 - self.rate, x_btd.shape)
-            x_btd = jnp.where(keep, x_btd / (1.0 - self.rate), 0).astype(x_btd.dtype)
-        self.x, self.xa = x_btd, {}
+        key = None if self.rng is None else jax.random.fold_in(self.rng, group)
+        self.x, self.xa = dropout(x_btd, self.rate, key), {}
 
     def __call__(self, target: str) -> jax.Array | None:
         key = self.a_keys.get(target)

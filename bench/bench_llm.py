@@ -66,9 +66,9 @@ def timed_interleaved(fns: list, reps: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """float32 GFLOP/s of one jitted n x n matmul on this machine, now."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 2048, reps: int = 5, dtype=jnp.float32) -> float:
+    """GFLOP/s of one jitted n x n matmul in `dtype` on the default device, now."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     return 2 * n**3 / timed_interleaved([lambda: f(a)], reps)[0] / 1e9
 

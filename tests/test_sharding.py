@@ -293,6 +293,22 @@ def test_train_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_t
     assert np.abs(_trained_params(root / "one")["p"]["q_proj"]).max() > 1e-4  # P really trained
 
 
+def test_llm_loads_straight_into_its_shardings(tiny_train):
+    """load_setup(mesh=...) places every LLM weight, as it is read, in the sharding the step's placement
+    gives it (each device receives only its slice); the values are those of a load onto one device."""
+    root, cfg, setup = tiny_train
+    mesh = _mesh(2, 4)
+    loaded = nnx.state(load_setup(cfg, mesh=mesh).llm, nnx.Param)
+    want = M.state_shardings(loaded, mesh)
+    ref = nnx.state(load_setup(cfg).llm, nnx.Param)
+    for got, sharding, one in zip(jax.tree.leaves(loaded), jax.tree.leaves(want), jax.tree.leaves(ref), strict=True):
+        assert got.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(one))
+    q = loaded["model"]["layers"]["self_attn"]["q_proj"]["kernel"][...]  # [layers, embed, q_heads]
+    assert _spec(q) == P(None, "fsdp") and q.addressable_shards[0].data.shape[1] == q.shape[1] // 4
+    assert len({s.device for s in q.addressable_shards}) == 8
+
+
 def test_batch_size_not_divisible_by_the_mesh_is_refused(tiny_train):
     root, cfg, _ = tiny_train
     with pytest.raises(SetupError, match=r"batch_size = 4 is not divisible .*data 1 x fsdp 8 x tensor 1"):

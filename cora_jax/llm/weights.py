@@ -12,6 +12,7 @@ import pathlib
 import re
 from typing import Callable, Iterator
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -73,9 +74,22 @@ def _slots(model: Llama) -> dict[str, _Slot]:
     return slots
 
 
+# Sharding of a parameter, from its (abstract) Variable: logical `axes` metadata and shape.
+ShardingOf = Callable[[nnx.Variable], jax.sharding.Sharding]
+
+
+def _to_device(buf: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """A host array on the default device, or straight into `sharding`: each device (of this process)
+    receives only its own slice, so no device ever holds the whole weight."""
+    if sharding is None:
+        return jnp.asarray(buf)
+    return jax.make_array_from_callback(buf.shape, sharding, lambda index: buf[index])
+
+
 def _fill(model: Llama, tensors: Iterator[tuple[str, str, Callable[[], np.ndarray], tuple[int, ...]]],
-          total: int, optional: set[str] = frozenset(), progress: bool = True) -> None:
-    """Copy (name, file, load, shape) tensors into the model's parameters, checking names and shapes."""
+          total: int, optional: set[str] = frozenset(), progress: bool = True, sharding_of: ShardingOf | None = None) -> None:
+    """Copy (name, file, load, shape) tensors into the model's parameters, checking names and shapes;
+    with `sharding_of`, each parameter is placed in its sharding."""
     slots = _slots(model)
     buffers: dict[str, np.ndarray] = {}
     seen: dict[str, str] = {}
@@ -115,7 +129,8 @@ def _fill(model: Llama, tensors: Iterator[tuple[str, str, Callable[[], np.ndarra
         raise WeightError(f"{', '.join(files)}: missing tensor(s) {missing[:5]}{more}")
     vars_by_path = {s.path: s.var for s in slots.values()}
     for path, buf in buffers.items():
-        vars_by_path[path].set_value(jnp.asarray(buf))
+        var = vars_by_path[path]
+        var.set_value(_to_device(buf, None if sharding_of is None else sharding_of(var)))
 
 
 def _empty_model(cfg: LlamaConfig) -> Llama:
@@ -189,7 +204,8 @@ def _hf_files(root: pathlib.Path) -> list[pathlib.Path]:
     raise WeightError(f"{root}: no model.safetensors, *.safetensors or model.safetensors.index.json")
 
 
-def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
+def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = True,
+                sharding_of: ShardingOf | None = None) -> Llama:
     root = pathlib.Path(root)
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
@@ -200,7 +216,7 @@ def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = 
     tensors = [t for f in files for t in _safetensors_tensors(f)]
     # a tied model may still carry a copy of the head; it is the embedding and is not needed
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-    _fill(model, iter(tensors), len(tensors), optional, progress)
+    _fill(model, iter(tensors), len(tensors), optional, progress, sharding_of)
     return model
 
 
@@ -263,24 +279,27 @@ def _gguf_tensors(reader, cfg: LlamaConfig, path: pathlib.Path):
     return out
 
 
-def load_gguf(path, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
+def load_gguf(path, *, config_overrides: dict | None = None, progress: bool = True,
+              sharding_of: ShardingOf | None = None) -> Llama:
     path = pathlib.Path(path)
     reader = gguf_reader(path)
     cfg = LlamaConfig.from_gguf(reader, **(config_overrides or {}))
     model = _empty_model(cfg)
     tensors = _gguf_tensors(reader, cfg, path)
-    _fill(model, iter(tensors), len(tensors), progress=progress)
+    _fill(model, iter(tensors), len(tensors), progress=progress, sharding_of=sharding_of)
     return model
 
 
 # ------------------------------------------------------------------------------------ entry
-def load_weights(path, *, config_overrides: dict | None = None, progress: bool = True) -> Llama:
-    """Model from an HF directory (config.json + safetensors) or a .gguf file; `progress`: a tqdm bar."""
+def load_weights(path, *, config_overrides: dict | None = None, progress: bool = True,
+                 sharding_of: ShardingOf | None = None) -> Llama:
+    """Model from an HF directory (config.json + safetensors) or a .gguf file; `progress`: a tqdm bar;
+    `sharding_of`: where each parameter goes (default: whole, on the default device)."""
     path = pathlib.Path(path).expanduser()
     if path.is_dir():
-        return load_hf_dir(path, config_overrides=config_overrides, progress=progress)
+        return load_hf_dir(path, config_overrides=config_overrides, progress=progress, sharding_of=sharding_of)
     if path.suffix == ".gguf":
-        return load_gguf(path, config_overrides=config_overrides, progress=progress)
+        return load_gguf(path, config_overrides=config_overrides, progress=progress, sharding_of=sharding_of)
     if path.suffix in (".bin", ".pt", ".pth"):
         raise WeightError(f"{path}: pickled PyTorch weights are not loaded; convert the model directory to "
                           "safetensors with transformers' save_pretrained(safe_serialization=True)")
@@ -288,10 +307,12 @@ def load_weights(path, *, config_overrides: dict | None = None, progress: bool =
 
 
 def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, compute_dtype=None, remat: str = "none",
-             progress: bool = True):
+             progress: bool = True, sharding_of: ShardingOf | None = None):
     """(Llama, Tokenizer) from an HF directory, a .gguf file, or (None) the embedded SmolLM2-135M.
 
-    dtype: parameter storage dtype; compute_dtype: activations (default: dtype).
+    dtype: parameter storage dtype; compute_dtype: activations (default: dtype);
+    sharding_of: each parameter's sharding (cora_jax.train.mesh.param_sharding_of(mesh)); default:
+    whole, on the default device.
     """
     from cora_jax.assets import smollm2_gguf
 
@@ -299,6 +320,6 @@ def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, comput
 
     path = smollm2_gguf() if path is None else pathlib.Path(path).expanduser()
     overrides = dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(compute_dtype or dtype).name, remat=remat)
-    model = load_weights(path, config_overrides=overrides, progress=progress)
+    model = load_weights(path, config_overrides=overrides, progress=progress, sharding_of=sharding_of)
     return model, Tokenizer.from_path(path)
 

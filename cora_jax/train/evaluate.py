@@ -149,7 +149,7 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
     ckpt.close()
     if best is None:
         raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
-    setup = setup or load_setup(cfg)
+    setup = setup or load_setup(cfg, mesh=device_mesh)
     model = build_model(cfg, setup)
     graphdef, st = restore_trainable(run_dir, best, model, cfg, device_mesh)
     eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, device_mesh), st, device_mesh)
@@ -181,7 +181,7 @@ def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("t
     cfg = TrainConfig(data=data, llm=llm, cf=cf or "", max_titles=max_titles, eval_batch_size=eval_batch_size,
                       length_bucket=length_bucket, llm_dtype=llm_dtype, mesh=mesh, progress=progress)
     device_mesh = make_run_mesh(mesh, eval_batch_size=eval_batch_size)
-    setup = setup or load_setup(cfg, need_cf=cf is not None)
+    setup = setup or load_setup(cfg, need_cf=cf is not None, mesh=device_mesh)
     fn = base_score_fn(setup.llm, setup.answer_id, device_mesh)
     ours, cf_m, records = score_splits(setup, fn, splits, limit, sample_seed, eval_batch_size, length_bucket, "ICL",
                                        device_mesh, progress)

@@ -80,13 +80,14 @@ def load_data(data: str):
     return load_dataset(path)
 
 
-def load_frozen_llm(llm: str | None, dtype: str, progress: bool = True):
+def load_frozen_llm(llm: str | None, dtype: str, progress: bool = True, mesh: jax.sharding.Mesh | None = None):
+    """The LLM and its tokenizer; with a mesh, every weight is loaded straight into its sharding."""
     from cora_jax.llm import load_llm
 
     if llm is not None and not pathlib.Path(llm).expanduser().exists():
         raise SetupError(f"--llm {llm!r}: no such file or folder (an HF model dir or a .gguf file; omit for SmolLM2)")
-    model, tok = load_llm(llm, dtype=jnp.dtype(dtype), progress=progress)
-    return model, tok
+    sharding_of = None if mesh is None else M.param_sharding_of(mesh)
+    return load_llm(llm, dtype=jnp.dtype(dtype), progress=progress, sharding_of=sharding_of)
 
 
 def check_cf_matches(cf, ds, cf_path: str) -> None:
@@ -99,9 +100,9 @@ def check_cf_matches(cf, ds, cf_path: str) -> None:
         )
 
 
-def load_setup(cfg: TrainConfig, *, need_cf: bool | None = None) -> Setup:
+def load_setup(cfg: TrainConfig, *, need_cf: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Setup:
     """Load and cross-check data, CF and LLM; raises SetupError with a clear message on a bad request.
-    need_cf=None: when the method reads the CF model."""
+    need_cf=None: when the method reads the CF model. mesh: load the LLM's weights sharded over it."""
     from cora_jax.baselines import CF_METHODS, SLOT_METHODS
     from cora_jax.cf import load_cf
 
@@ -119,7 +120,7 @@ def load_setup(cfg: TrainConfig, *, need_cf: bool | None = None) -> Setup:
         check_cf_matches(cf, ds, cfg.cf)
         if cfg.model.cf_dim is not None and cfg.model.cf_dim != cf.dim:
             raise SetupError(f"model.cf_dim = {cfg.model.cf_dim} but the CF checkpoint {cfg.cf} has dim {cf.dim}")
-    llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype, cfg.progress)
+    llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype, cfg.progress, mesh)
     if cfg.model.d_model is not None and cfg.model.d_model != llm.config.hidden_size:
         raise SetupError(
             f"model.d_model = {cfg.model.d_model} (the generator's output width) but the LLM "
@@ -457,7 +458,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         return {"run": str(run_dir), "steps": meta["step"], "stop_reason": meta["stop_reason"], "best_step": es["best_step"],
                 "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"]}
 
-    setup = setup or load_setup(cfg)
+    setup = setup or load_setup(cfg, mesh=mesh)
     train_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.train_limit))
     valid_in = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit, sample_seed=cfg.seed))
     order = TrainOrder(train_in.lengths, cfg.batch_size, cfg.seed, cfg.bucket_train)

@@ -26,7 +26,9 @@ filesystem):
 the mesh then spans every process's devices. Every process builds the same global numpy batch
 (cheap host arrays) and `shard_batch` hands jax only the rows its own devices hold
 (jax.make_array_from_process_local_data); `to_host` gathers batch-sharded results back. On a single
-process (this repository's tests and CPU runs) the local rows are the whole batch.
+process (this repository's tests and CPU runs) the local rows are the whole batch. The frozen LLM
+is loaded the same way: every process reads the weight files and hands each of its devices only its
+slice of each weight (`param_sharding_of` for load_llm), so no device holds a whole LLM.
 """
 from __future__ import annotations
 
@@ -198,6 +200,12 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RU
         sharding = NamedSharding(mesh, spec)
         return var.replace(sharding) if isinstance(var, nnx.Variable) else sharding
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def param_sharding_of(mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Callable[[nnx.Variable], NamedSharding]:
+    """The sharding state_shardings gives one parameter (by its logical axes), as a function of the
+    parameter: load_llm(sharding_of=...) places each weight with it as it loads."""
+    return lambda var: NamedSharding(mesh, spec_for(_logical_axes((), var), np.shape(_value(var)), mesh, rules))
 
 
 def shard_state(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Any:

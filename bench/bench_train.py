@@ -5,6 +5,7 @@ target projections of every layer, "Yes" logit, BCE, backward, AdamW on the trai
 frozen), on a mesh over the devices (--mesh DATA FSDP TENSOR; default: every device on fsdp).
 The LLM:
     --llm smollm2                 the embedded SmolLM2-135M weights, loaded straight into their shardings
+    --llm PATH                    an HF model directory or a .gguf file, loaded the same way
     --llm smollm2_135m|llama2_7b  that shape (llama2_7b = Vicuna-7B) with random weights, created sharded
 The batch: --batch rows of --seq random token ids (no padding), random CF embeddings and labels.
 
@@ -41,13 +42,14 @@ from cora_jax.train.optim import OptimConfig, make_optimizer
 from bench_llm import matmul_peak  # bench/ is on sys.path when a script here runs
 
 CF_DIM = 256
+RANDOM_SHAPES = ("smollm2_135m", "llama2_7b")  # --llm names that get random weights (cora_jax.train.memory.llm_config)
 # Targets that read the same input share one x A product (cora_jax.llm.model).
 _SAME_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
 
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llm", default="smollm2", choices=("smollm2", "smollm2_135m", "llama2_7b"))
+    ap.add_argument("--llm", default="smollm2", help="smollm2 | PATH (HF dir or .gguf) | smollm2_135m | llama2_7b")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="LLM weights and compute")
     ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
     ap.add_argument("--batch", type=int, default=8)
@@ -78,9 +80,9 @@ def model_flops(cfg: LlamaConfig, targets: tuple[str, ...], rank: int, batch: in
 
 def frozen_llm(args, mesh) -> Llama:
     """The LLM with every weight already in its sharding on `mesh`."""
-    if args.llm == "smollm2":
-        llm, _ = load_llm(None, dtype=jnp.dtype(args.dtype), remat=args.remat, progress=False,
-                          sharding_of=M.param_sharding_of(mesh))
+    if args.llm not in RANDOM_SHAPES:
+        llm, _ = load_llm(None if args.llm == "smollm2" else args.llm, dtype=jnp.dtype(args.dtype), remat=args.remat,
+                          progress=False, sharding_of=M.param_sharding_of(mesh))
         return llm
     cfg = llm_config(args.llm, args.dtype, args.remat)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))

@@ -134,7 +134,6 @@ class CoRA(nnx.Module):
         answer = jnp.asarray([self.answer_id], jnp.int32)
         return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
 
-
     def batch_scores(self, b: dict, *, rng: jax.Array | None = None,
                      place_g: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
         """__call__ on a batch dict (ids, mask, e_u, e_i): the interface every recommender of the

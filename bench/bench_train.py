@@ -2,7 +2,7 @@
 
 The step is cora_jax's sharded train step (cora_jax.train.mesh: generator -> G, side branch on the
 target projections of every layer, "Yes" logit, BCE, backward, AdamW on the trainables; the LLM
-frozen), on a mesh over the devices (--mesh DATA FSDP TENSOR; default: every device on fsdp).
+frozen), on a mesh over every device (--mesh DATA FSDP TENSOR; default: all of them on fsdp).
 The LLM:
     --llm smollm2                 the embedded SmolLM2-135M weights, loaded straight into their shardings
     --llm PATH                    an HF model directory or a .gguf file, loaded the same way
@@ -35,7 +35,9 @@ from flax import nnx
 from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig
 from cora_jax.llm import Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
+from cora_jax.train import SetupError
 from cora_jax.train import mesh as M
+from cora_jax.train.loop import make_run_mesh
 from cora_jax.train.memory import llm_config
 from cora_jax.train.optim import OptimConfig, make_optimizer
 
@@ -57,7 +59,7 @@ def parse():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--targets", default="qkvo", choices=sorted(TARGET_PRESETS))
     ap.add_argument("--mesh", type=int, nargs=3, metavar=("DATA", "FSDP", "TENSOR"), default=None,
-                    help="default: 1 <all devices> 1")
+                    help="axis sizes over every device (-1: the rest); default: all devices on fsdp")
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps after the compile (CPU: heap pages fault in)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (their mean is reported)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="per-device peak; default: measured here")
@@ -94,13 +96,11 @@ def frozen_llm(args, mesh) -> Llama:
 def main():
     retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
     args = parse()
-    n_dev = len(jax.devices())
-    shape = tuple(args.mesh) if args.mesh else (1, n_dev, 1)
-    if int(np.prod(shape)) > n_dev:
-        raise SystemExit(f"--mesh {shape} needs {int(np.prod(shape))} devices; jax sees {n_dev}")
-    mesh = M.make_mesh(M.MeshConfig(*shape), devices=jax.devices()[: int(np.prod(shape))])
-    if args.batch % M.batch_divisor(mesh):
-        raise SystemExit(f"--batch {args.batch} is not divisible by data x fsdp = {M.batch_divisor(mesh)}")
+    try:
+        mesh = make_run_mesh(M.MeshConfig(*args.mesh) if args.mesh else M.MeshConfig(), batch_size=args.batch)
+    except SetupError as err:
+        raise SystemExit(str(err)) from None
+    shape = tuple(mesh.shape.values())
 
     llm = frozen_llm(args, mesh)
     cfg = llm.config

@@ -193,11 +193,14 @@ def _logical_axes(path, var) -> tuple[str | None, ...]:
     return tuple(axes) if axes is not None else trainable_axes(_path_names(path), shape)
 
 
+def _sharding(path, var, mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:
+    return NamedSharding(mesh, spec_for(_logical_axes(path, var), np.shape(_value(var)), mesh, rules))
+
+
 def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Any:
     """Same-structure tree of NamedShardings for an nnx State (or any pytree of Variables/arrays)."""
     def one(path, var):
-        spec = spec_for(_logical_axes(path, var), np.shape(_value(var)), mesh, rules)
-        sharding = NamedSharding(mesh, spec)
+        sharding = _sharding(path, var, mesh, rules)
         return var.replace(sharding) if isinstance(var, nnx.Variable) else sharding
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
@@ -205,7 +208,7 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RU
 def param_sharding_of(mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Callable[[nnx.Variable], NamedSharding]:
     """The sharding state_shardings gives one parameter (by its logical axes), as a function of the
     parameter: load_llm(sharding_of=...) places each weight with it as it loads."""
-    return lambda var: NamedSharding(mesh, spec_for(_logical_axes((), var), np.shape(_value(var)), mesh, rules))
+    return lambda var: _sharding((), var, mesh, rules)
 
 
 def shard_state(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Any:

@@ -10,15 +10,17 @@
     python eval.py report RUN_DIR... --out DIR
         finished results files (CoRA / baselines / zero-shot / demo / CF) -> DIR/report.md, DIR/warm_cold.png
         and, when a method was run with and without titles, DIR/id_only.png (cora_jax/train/report.py); scores nothing
+    python eval.py seeds DIR... --out OUT
+        runs of one preset with several seeds (results/seed_study.sh) -> OUT/seeds.md, seeds.json, valid_curves.png
 
 Subcommands (the first argument) are looked up in SUBCOMMANDS, beside the default scoring command.
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Callable
 
+from cora_jax.errors import UsageError, entry_point
 from cora_jax.train.mesh import MeshConfig
 
 
@@ -46,10 +48,10 @@ def main_score(argv: list[str]) -> None:
 
     a = tyro.cli(EvalArgs, args=argv, prog="eval.py")
     if a.zero_shot == (a.run is not None):
-        sys.exit("eval.py: give exactly one of --run DIR or --zero-shot (with --data DIR)")
+        raise UsageError("nothing to score: give exactly one of --run DIR or --zero-shot (with --data DIR)")
     if a.zero_shot:
         if a.data is None:
-            sys.exit("eval.py --zero-shot needs --data DIR (a split folder or 'ml100k')")
+            raise UsageError("--zero-shot needs --data DIR: give a split folder or 'ml100k'")
         res = evaluate_zero_shot(a.llm, a.data, a.split, a.limit, a.out or "runs/zero-shot", cf=a.cf,
                                  max_titles=a.max_titles, progress=a.progress, sample_seed=a.sample_seed, mesh=a.mesh)
     else:
@@ -65,11 +67,17 @@ def main_report(argv: list[str]) -> None:
     report(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {"report": main_report}
+def main_seeds(argv: list[str]) -> None:
+    from cora_jax.train.seed_study import main as seeds
+
+    seeds(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {"report": main_report, "seeds": main_seeds}
+
+
+@entry_point
+def main(argv: list[str]) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         SUBCOMMANDS[argv[0]](argv[1:])
     else:

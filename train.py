@@ -2,12 +2,14 @@
 
     python train.py cora --preset NAME [overrides]    train (or resume) CoRA; e.g. --batch-size 4 --model.rank 8
     python train.py cf train|grid ...                 pretrain a CF backbone (MF / LightGCN / SASRec)
-    python train.py demo [--test-limit N]             the README's main job on the embedded defaults
+    python train.py demo [--test-rows N]              the README's main job on the embedded defaults
     python train.py presets                           list the presets
 """
 from __future__ import annotations
 
 import sys
+
+from cora_jax.errors import UsageError, entry_point
 
 
 def _pop_preset(argv: list[str]) -> tuple[str, list[str]]:
@@ -26,24 +28,26 @@ def _pop_preset(argv: list[str]) -> tuple[str, list[str]]:
 def main_cora(argv: list[str]) -> dict:
     import tyro
 
-    from configs import UnknownPresetError, get_preset
+    from configs import get_preset
     from cora_jax.train import TrainConfig, train
 
     name, rest = _pop_preset(argv)
-    try:
-        preset = get_preset(name)
-    except UnknownPresetError as err:
-        sys.exit(f"train.py cora: {err}")
+    preset = get_preset(name)
     cfg = tyro.cli(TrainConfig, default=preset, args=rest, prog=f"train.py cora --preset {name}",
                    description=f"Train CoRA from preset {name!r}; every field below can be overridden.")
     return train(cfg)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+@entry_point
+def main(argv: list[str]) -> None:
     commands = ("cora", "cf", "demo", "presets")
-    if not argv or argv[0] not in commands:
-        sys.exit(__doc__ + f"\nunknown or missing command; expected one of {commands}")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not argv:
+        sys.exit(__doc__ + f"\nmissing command; expected one of {commands}")
+    if argv[0] not in commands:
+        raise UsageError(f"unknown command {argv[0]!r}: use one of {', '.join(commands)} (python train.py shows the usage)")
     cmd, rest = argv[0], argv[1:]
     if cmd == "cora":
         import json

@@ -19,6 +19,7 @@ from cora_jax import metrics
 from cora_jax.cf.frozen import split_batch
 from cora_jax.cf.trainer import CFTrainConfig, CFTrainer
 from cora_jax.data import load_dataset
+from cora_jax.errors import entry_point
 
 SETTINGS = {"mf": dict(lr=1e-3, wd=1e-4), "lightgcn": dict(lr=1e-2, wd=1e-4), "sasrec": dict(lr=1e-2, wd=1e-4)}
 
@@ -56,12 +57,13 @@ def bench(kind: str, ds, epochs: int) -> dict:
             "epochs_per_s_with_eval": round(timings["with_eval"], 3), "steps_per_epoch": steps}
 
 
-def main() -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data/ml-1m-collm")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--models", nargs="+", default=["mf", "lightgcn"], choices=sorted(SETTINGS))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     ds = load_dataset(args.data)
     rows = [bench(kind, ds, args.epochs) for kind in args.models]
     print(json.dumps({"device": str(jax.devices()[0]), "data": args.data, "epochs": args.epochs, "results": rows}))

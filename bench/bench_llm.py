@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cora_jax.errors import entry_point
 from cora_jax.llm import LowRankDelta, load_llm
 from cora_jax.runtime import retain_freed_memory
 
@@ -31,7 +32,7 @@ QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def ml1m_prompts(data: pathlib.Path, n: int) -> list[str]:
-    """The first n test prompts (cora-reference.md §3); the data package's renderer when present."""
+    """The first n test prompts (docs/reference.md#prompt); the data package's renderer when present."""
     try:
         from cora_jax.data import PromptConfig, load_dataset, split_prompts
 
@@ -73,14 +74,15 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype=jnp.float32) -> float:
     return 2 * n**3 / timed_interleaved([lambda: f(a)], reps)[0] / 1e9
 
 
-def main():
+@entry_point
+def main(argv: list[str]):
     retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[2] / "shared/data/ml-1m-collm")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     model, tok = load_llm(None)
     cfg = model.config

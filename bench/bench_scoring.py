@@ -24,6 +24,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig
+from cora_jax.errors import entry_point
 from cora_jax.llm import length_buckets, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
@@ -33,7 +34,8 @@ from bench_llm import matmul_peak  # bench/ is on sys.path when a script here ru
 CF_DIM = 256
 
 
-def main():
+@entry_point
+def main(argv: list[str]):
     retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test rows (default: all 7,331)")
@@ -42,7 +44,7 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--data", type=pathlib.Path,
                     default=pathlib.Path(__file__).resolve().parents[2] / "shared/data/ml-1m-collm")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from cora_jax.data import PromptConfig, load_dataset, split_prompts
 
     llm, tok = load_llm(None)

@@ -33,9 +33,9 @@ import numpy as np
 from flax import nnx
 
 from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig
+from cora_jax.errors import entry_point
 from cora_jax.llm import Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
-from cora_jax.train import SetupError
 from cora_jax.train import mesh as M
 from cora_jax.train.loop import make_run_mesh
 from cora_jax.train.memory import llm_config
@@ -49,7 +49,7 @@ RANDOM_SHAPES = ("smollm2_135m", "llama2_7b")  # --llm names that get random wei
 _SAME_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
 
 
-def parse():
+def parse(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", default="smollm2", help="smollm2 | PATH (HF dir or .gguf) | smollm2_135m | llama2_7b")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="LLM weights and compute")
@@ -63,7 +63,7 @@ def parse():
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps after the compile (CPU: heap pages fault in)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (their mean is reported)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="per-device peak; default: measured here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.warmup < 0 or args.steps < 1:
         ap.error("--warmup must be >= 0 and --steps >= 1")
     return args
@@ -93,13 +93,11 @@ def frozen_llm(args, mesh) -> Llama:
     return nnx.merge(graphdef, state)
 
 
-def main():
+@entry_point
+def main(argv: list[str]):
     retain_freed_memory()  # as train.py/eval.py do, before jax starts its threads
-    args = parse()
-    try:
-        mesh = make_run_mesh(M.MeshConfig(*args.mesh) if args.mesh else M.MeshConfig(), batch_size=args.batch)
-    except SetupError as err:
-        raise SystemExit(str(err)) from None
+    args = parse(argv)
+    mesh = make_run_mesh(M.MeshConfig(*args.mesh) if args.mesh else M.MeshConfig(), batch_size=args.batch)
     shape = tuple(mesh.shape.values())
 
     llm = frozen_llm(args, mesh)

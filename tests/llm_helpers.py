@@ -31,7 +31,7 @@ def tiny_model(seed: int = 0, **kw) -> Llama:
 
 
 def _render(his_titles, title) -> str:
-    # cora-reference.md §3: last 10 non-empty history titles, quoted, oldest first; literal "\n"
+    # docs/reference.md#prompt: last 10 non-empty history titles, quoted, oldest first; literal "\n"
     titles = [t for t in his_titles if t][-10:]
     items = ", ".join(f'"{t}"' for t in titles) if titles else "unkow"
     return ("#Question: A user has given high ratings to the following movies: " + items
@@ -40,7 +40,7 @@ def _render(his_titles, title) -> str:
 
 
 def ml1m_test_prompts(ml1m_dir: pathlib.Path, limit: int | None = None) -> list[str]:
-    """The ML-1M test prompts: the data helper's renderer when it exists, else §3 rendered here."""
+    """The ML-1M test prompts: the data helper's renderer when it exists, else the reference prompt rendered here."""
     try:
         from cora_jax.data import PromptConfig, load_dataset, split_prompts
     except ImportError:

@@ -145,3 +145,16 @@ def test_grid_picks_best_valid(synth, tmp_path):
     assert "**best**" in table and table.count("\n| 0.") == 2
     assert json.loads((tmp_path / "grid.json").read_text())["best"]["out"] == str(tmp_path / "lr0.1_wd1e-06")
     load_cf(tmp_path / "lr0.1_wd1e-06")  # every grid point is a loadable run directory
+
+
+def test_mf_defaults_wait_for_learning(synth, tmp_path):
+    """MF's N(0,1) start sits at chance for hundreds of epochs here; plain patience would stop there."""
+    res = train_cf(CFTrainConfig(batch_size=128, progress=False), synth, tmp_path / "default")
+    assert res["lr"] == 1e-3 and res["valid"]["auc"] > 0.85 and res["test"]["auc"] > 0.85, res
+    impatient = train_cf(CFTrainConfig(batch_size=128, stop_after_gain=0.0, progress=False), synth, tmp_path / "impatient")
+    assert impatient["epochs_run"] <= 21 + 20 and impatient["test"]["auc"] < 0.55, impatient
+
+
+def test_learning_rate_defaults_per_model():
+    assert [CFTrainConfig(model=m).learning_rate for m in ("mf", "lightgcn", "sasrec")] == [1e-3, 1e-2, 1e-2]
+    assert CFTrainConfig(model="lightgcn", lr=3e-3).learning_rate == 3e-3

@@ -45,22 +45,28 @@ def test_paper_presets_follow_the_reference():
     assert (g.num_queries, g.num_layers, g.hidden, g.num_heads, g.ffn_dim, g.dropout, g.ln_eps) == (4, 8, 512, 8, 3072, 0.1, 1e-12)
 
 
+def _error_line(capsys, main, argv: list[str]) -> str:
+    """The one line a refused command prints (exit status 2, nothing else on stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 def test_unknown_preset_and_unknown_command_exit_with_the_list(capsys):
     train_cli = _load("train")
-    with pytest.raises(SystemExit) as err:
-        train_cli.main(["cora", "--preset", "cora-mf-ml2m"])
-    assert "unknown preset 'cora-mf-ml2m'" in str(err.value) and "cora-mf-ml1m" in str(err.value)
-    with pytest.raises(SystemExit) as err:
-        train_cli.main(["fit"])
-    assert "expected one of" in str(err.value)
+    line = _error_line(capsys, train_cli.main, ["cora", "--preset", "cora-mf-ml2m"])
+    assert "unknown preset 'cora-mf-ml2m' (--preset)" in line and "cora-mf-ml1m" in line
+    assert "use one of cora, cf, demo, presets" in _error_line(capsys, train_cli.main, ["fit"])
 
 
-def test_eval_cli_needs_run_or_zero_shot():
+def test_eval_cli_needs_run_or_zero_shot(capsys):
     eval_cli = _load("eval")
-    with pytest.raises(SystemExit, match="exactly one of --run"):
-        eval_cli.main(["--limit", "3"])
-    with pytest.raises(SystemExit, match="needs --data"):
-        eval_cli.main(["--zero-shot"])
+    assert "exactly one of --run" in _error_line(capsys, eval_cli.main, ["--limit", "3"])
+    assert "--zero-shot needs --data" in _error_line(capsys, eval_cli.main, ["--zero-shot"])
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +127,94 @@ def test_zero_shot_cli_scores_the_base_llm(tiny):
     assert res["models"]["ICL (zero-shot base LLM)"]["test"]["rows"] == 12
     assert res["models"]["MF (CF, same rows)"]["test"]["rows"] == 12
     assert len((out / "scores.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.fixture(scope="module")
+def broken_llms(tiny):
+    """LLM inputs that cannot be loaded: pickled weights only, a truncated file, a missing tensor, a corrupt GGUF."""
+    from safetensors.numpy import load_file, save_file
+
+    root, _, llm = tiny
+    out = root / "broken-llms"
+    paths = {name: out / name for name in ("bin_only", "truncated", "missing_tensor")}
+    for name, path in paths.items():
+        path.mkdir(parents=True)
+        if name != "bin_only":
+            (path / "config.json").write_bytes((llm / "config.json").read_bytes())
+    (paths["bin_only"] / "pytorch_model.bin").write_bytes(b"pickled")
+    weights = (llm / "model.safetensors").read_bytes()
+    (paths["truncated"] / "model.safetensors").write_bytes(weights[:-100])
+    tensors = load_file(llm / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, paths["missing_tensor"] / "model.safetensors")
+    paths["corrupt_gguf"] = out / "model.gguf"
+    paths["corrupt_gguf"].write_bytes(b"GGUF" + bytes(20))
+    return paths
+
+
+def _train_argv(root, data, llm, out, **flags) -> list[str]:
+    args = {"--data": str(data), "--llm": str(llm), "--cf": str(root / "cf"), "--out": str(out), "--max-titles": "3",
+            **flags}
+    return ["cora", "--preset", "demo-ml100k", "--no-progress", *(x for kv in args.items() for x in kv)]
+
+
+TRAIN_REFUSALS = {  # case: (flags, part of the error line); {root} and broken_llms' names are filled in
+    "batch_size_0": ({"--batch-size": "0"}, "error: --batch-size must be >= 1, got 0"),
+    "unknown_targets": ({"--model.targets": "qkvx"}, "error: --model.targets names an unknown preset 'qkvx'; choose one of"),
+    "missing_data": ({"--data": "{root}/no-data"}, "error: no such folder (--data {root}/no-data): give a split folder"),
+    "pytorch_bin_only": ({"--llm": "{bin_only}"}, "error: {bin_only}: holds only pickled PyTorch weights"),
+    "truncated_safetensors": ({"--llm": "{truncated}"}, "is truncated (needs bytes up to"),
+    "missing_tensor": ({"--llm": "{missing_tensor}"},
+                       "missing tensor(s) ['model.layers.1.mlp.up_proj.weight']: the weights do not match"),
+    "corrupt_gguf": ({"--llm": "{corrupt_gguf}"}, "error: {corrupt_gguf}: not a readable GGUF file"),
+    "cf_of_another_dataset": ({"--cf": "{root}/cf-other"}, "error: the CF checkpoint belongs to another dataset"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_REFUSALS))
+def test_train_cli_refuses_in_one_line_and_writes_nothing(tiny, broken_llms, capsys, case):
+    root, data, llm = tiny
+    names = {"root": root, **broken_llms}
+    flags, expected = TRAIN_REFUSALS[case]
+    out = root / f"refused-{case}"
+    argv = _train_argv(root, data, llm, out, **{k: v.format(**names) for k, v in flags.items()})
+    assert expected.format(**names) in _error_line(capsys, _load("train").main, argv)
+    assert not out.exists()  # not even an empty run directory
+
+
+def test_eval_cli_of_a_missing_run_says_what_to_give(tiny, capsys):
+    root = tiny[0]
+    line = _error_line(capsys, _load("eval").main, ["--run", str(root / "no-run")])
+    assert line == (f"error: not a training run directory (--run {root / 'no-run'}: no such folder): "
+                    "give the --out folder of a python train.py cora run")
+    assert not (root / "no-run").exists()
+
+
+def _files(folder: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_refused_resume_leaves_the_run_directory_intact(tiny, capsys):
+    import numpy as np
+
+    from cora_jax.train import RunCheckpoints
+    from cora_jax.train.checkpoint import write_json
+    from cora_jax.train.config import to_dict
+
+    root, data, llm = tiny
+    run = root / "resumable"
+    argv = _train_argv(root, data, llm, run)
+    cfg = tyro.cli(TrainConfig, default=get_preset("demo-ml100k"), args=argv[3:])
+    # the run so far: its checkpoint's meta (all a refusal reads) holds the config it was trained with
+    ckpt = RunCheckpoints(run, async_save=False)
+    ckpt.save(4, {"w": np.zeros(3, np.float32)}, {"opt": np.zeros(3, np.float32)},
+              {"step": 4, "finished": False, "config": to_dict(cfg)}, 0.5)
+    ckpt.close()
+    write_json(run / "config.json", to_dict(cfg))
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
+    before = _files(run)
+    line = _error_line(capsys, _load("train").main, _train_argv(root, data, llm, run, **{"--model.rank": "3"}))
+    assert line.startswith("error: refusing to resume a run of another configuration (")
+    assert f"model.rank: {cfg.model.rank} (checkpoint) vs 3 (requested)" in line
+    assert line.endswith("use a new --out folder, or rerun with the checkpoint's settings")
+    assert _files(run) == before

@@ -1,4 +1,4 @@
-"""The generator (§5.2) and the CoRA scorer (§5.3) on a tiny random Llama."""
+"""The generator (docs/reference.md#generator) and the CoRA scorer (docs/reference.md#where-g-goes) on a tiny random Llama."""
 import jax
 import jax.numpy as jnp
 import numpy as np

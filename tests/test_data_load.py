@@ -195,3 +195,23 @@ def test_messages_name_file_line_field(tmp_path):
         load_dataset(tmp_path)
     assert re.fullmatch(r".*train\.jsonl\.gz:2: field 'timestamp': expected an integer, got float 1\.5", str(err.value))
     assert (err.value.line, err.value.field) == (2, "timestamp")
+
+
+def test_missing_split_folder_says_how_to_build_it(tmp_path):
+    with pytest.raises(DataError, match=r"python -m cora_jax\.data build --source ml-1m --raw .* --out .*nothing"):
+        load_dataset(tmp_path / "nothing")
+
+
+def test_presets_read_ml1m_from_cora_data(monkeypatch, tmp_path):
+    import importlib
+
+    import configs.cora
+
+    monkeypatch.setenv("CORA_DATA", str(tmp_path))
+    try:
+        assert importlib.reload(configs.cora).CORA_MF_ML1M.data == str(tmp_path / "ml-1m-collm")
+        monkeypatch.delenv("CORA_DATA")
+        assert importlib.reload(configs.cora).CORA_MF_ML1M.data == "data/ml-1m-collm"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(configs.cora)

@@ -202,3 +202,23 @@ def test_config_from_hf_dict_variants():
     with pytest.raises(ValueError, match="rope_type"):
         LlamaConfig.from_hf_dict(dict(d, rope_scaling={"rope_type": "su"}))
     assert tiny_config().head_dim == 6
+
+
+def test_bfloat16_scores_are_float32():
+    """A bfloat16 model's scores come from a float32 final norm and dot: not rounded to bfloat16."""
+    bf = tiny_model(dtype="bfloat16")
+    ids, mask = _inputs(bf.config)
+    answer = jnp.array([1, 2])
+    s = np.asarray(bf.score(ids, mask, answer))
+    assert s.dtype == np.float32
+    rounded = np.asarray(jnp.asarray(s).astype(jnp.bfloat16).astype(jnp.float32))
+    assert np.mean(s != rounded) > 0.5, "scores look quantised to bfloat16"
+    # The same numbers from the bfloat16 hidden states, normalised and dotted in float64 here.
+    h = np.asarray(bf._hidden(ids, mask, None, None, None).astype(jnp.float32), np.float64)
+    last = np.asarray(mask).cumsum(-1).argmax(-1)
+    x = h[np.arange(len(last)), last]
+    x = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + bf.config.rms_norm_eps)
+    x = x * np.asarray(bf.model.norm.weight[...].astype(jnp.float32), np.float64)
+    w = np.asarray(bf.model.embed_tokens.embedding[...].astype(jnp.float32), np.float64) if bf.lm_head is None else \
+        np.asarray(bf.lm_head.kernel[...].astype(jnp.float32), np.float64).T
+    np.testing.assert_allclose(s, x @ w[np.asarray(answer)].T, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,17 @@
-"""AUC / UAUC against scikit-learn and a per-user loop; UAUC user counts on the shared split (§7)."""
+"""AUC / UAUC against scikit-learn and a per-user loop; UAUC user counts on the shared split (docs/reference.md#metrics); DeLong's
+paired test against its quadratic definition and a paired bootstrap."""
 import functools
+import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from cora_jax.data import load_dataset
-from cora_jax.metrics import SplitMetrics, auc, evaluate_split, uauc, warm_cold_report
+from cora_jax.metrics import (
+    SplitMetrics, auc, delong_components, delong_paired, evaluate_split, uauc, warm_cold_report,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,3 +80,76 @@ def test_warm_cold_report(ml1m_dir):
     assert evaluate_split(test, scores) == rep["test"]
     with pytest.raises(ValueError):
         evaluate_split(test, scores[:-1])
+
+
+def _correlated_scores(rng, n, decimals=1):
+    """Labels and two models' scores sharing a noise term (correlated, as two models on the same rows are),
+    rounded so that many scores tie within and across classes."""
+    y = rng.integers(0, 2, n)
+    shared = rng.normal(size=n)
+    a = np.round(0.9 * y + shared + 0.6 * rng.normal(size=n), decimals)
+    b = np.round(0.5 * y + shared + 0.6 * rng.normal(size=n), decimals)
+    return y, a, b
+
+
+def _quadratic_delong_se(y, a, b):
+    """DeLong et al. (1988) written out: psi over every (positive, negative) pair, the covariance matrices of
+    the structural components, and var(AUC_a - AUC_b) = S_aa + S_bb - 2 S_ab."""
+    y = y.astype(bool)
+    v10, v01 = [], []
+    for s in (a, b):
+        psi = (s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :])
+        v10.append(psi.mean(axis=1))
+        v01.append(psi.mean(axis=0))
+    cov = np.cov(np.array(v10)) / y.sum() + np.cov(np.array(v01)) / (~y).sum()
+    return np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), v10, v01
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_delong_against_quadratic_definition_and_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y, a, b = _correlated_scores(rng, int(rng.integers(30, 500)), decimals=int(rng.integers(0, 3)))
+    r = delong_paired(y, a, b)
+    se, v10, v01 = _quadratic_delong_se(y, a, b)
+    assert abs(r.se - se) < 1e-12 * max(se, 1.0) and r.se > 0
+    for s, q10, q01 in zip((a, b), v10, v01):
+        c10, c01 = delong_components(y, s)
+        np.testing.assert_allclose(c10, q10, atol=1e-12)
+        np.testing.assert_allclose(c01, q01, atol=1e-12)
+    assert abs(r.auc - roc_auc_score(y, a)) < 1e-12 and abs(r.auc_reference - roc_auc_score(y, b)) < 1e-12
+    assert r.delta == r.auc - r.auc_reference
+    assert (r.rows, r.positives, r.negatives) == (len(y), int(y.sum()), int((1 - y).sum()))
+    z = r.delta / r.se
+    assert abs(r.p - 2 * norm.sf(abs(z))) < 1e-12
+    assert abs(r.ci_low - (r.delta - norm.ppf(0.975) * r.se)) < 1e-12
+    assert abs(r.ci_high - (r.delta + norm.ppf(0.975) * r.se)) < 1e-12
+
+
+def test_delong_se_matches_paired_bootstrap():
+    """The paired bootstrap over rows estimates the same standard error without DeLong's formula."""
+    rng = np.random.default_rng(7)
+    y, a, b = _correlated_scores(rng, 600)
+    r = delong_paired(y, a, b)
+    boot = []
+    for _ in range(2000):
+        i = rng.integers(0, len(y), len(y))  # one draw of rows for both models: paired
+        boot.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    boot_se = np.std(boot, ddof=1)
+    assert abs(boot_se / r.se - 1) < 0.10, (boot_se, r.se)
+    assert r.ci_low > 0 and r.p < 0.05  # the first model carries more signal
+
+
+def test_delong_identical_rankings_give_zero_and_p_one():
+    rng = np.random.default_rng(3)
+    y, a, _ = _correlated_scores(rng, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero or NaN warning
+        for other in (a, 10 * a + 3, a.astype(np.float32)):  # the same ranking: the same rows win
+            r = delong_paired(y, a, other)
+            assert (r.delta, r.se, r.ci_low, r.ci_high, r.p) == (0.0, 0.0, 0.0, 0.0, 1.0)
+            assert r.auc == r.auc_reference and abs(r.auc - auc(y, a)) < 1e-12
+        # fewer than two rows in a class: no variance, all NaN
+        r = delong_paired([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4])
+        assert np.isnan([r.auc, r.delta, r.se, r.p]).all() and (r.positives, r.negatives) == (1, 3)
+    with pytest.raises(ValueError):
+        delong_paired([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])

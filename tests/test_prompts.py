@@ -15,7 +15,7 @@ def _shared(path):
 
 
 def test_reference_example(ml1m_dir):
-    """cora-reference.md §3's example is train row 1."""
+    """The example prompt of docs/reference.md#prompt is train row 1."""
     ds = _shared(ml1m_dir)
     train = ds["train"]
     assert train.row[1] == 1

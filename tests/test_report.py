@@ -1,9 +1,13 @@
-"""eval.py report: synthetic results files of each kind -> report.md, warm_cold.png and id_only.png."""
+"""eval.py report: synthetic results files of each kind -> report.md, report.json, warm_cold.png and id_only.png;
+the paired DeLong test against a reference method from synthetic scores.jsonl."""
 import json
 import re
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from cora_jax.metrics import delong_paired
 from cora_jax.train.report import _short_run_names, load_results
 from eval import main
 
@@ -146,3 +150,124 @@ def test_run_names_are_the_shortest_folder_suffixes_that_differ():
         "runs/a/eval/results.json": "runs/a", "x/a/eval/results.json": "x/a"}
     assert _short_run_names(["runs/cf/mf/results.json", "runs/cora/eval/results.json"]) == {
         "runs/cf/mf/results.json": "mf", "runs/cora/eval/results.json": "cora"}
+
+
+def _scored_run(root, name, tag, uid, iid, label, score, key=None):
+    """An eval output folder: results.json naming the model `key` (default tag) and scores.jsonl with its test
+    rows tagged `tag` (as eval.py writes them), plus valid rows that the paired test must ignore."""
+    out = root / name
+    _write(out / "results.json", {"kind": "cora", "data": "ml-1m-collm", "llm": "TinyLLM",
+                                  "models": {key or tag: {"test": _m(0.7, rows=len(uid))},
+                                             "MF (CF, same rows)": {"test": _m(0.6400, rows=len(uid))}}})
+    rows = [{"model": tag, "split": split, "uid": int(u), "iid": int(i), "label": int(y), "score": float(s)}
+            for split in ("test", "valid") for u, i, y, s in zip(uid, iid, label, score)]
+    (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(out)
+
+
+def _paired_rows(md):
+    section = md.split("## Paired significance vs the reference")[1].split("## Table 4")[0]
+    return section, {line.split(" | ")[0].lstrip("| "): line[2:-2].split(" | ")
+                     for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")}
+
+
+def test_report_paired_delong(tmp_path):
+    """Each method against CoRA-MF on the rows both scored, matched by (uid, iid) whatever the order; tied scores."""
+    rng = np.random.default_rng(0)
+    n = 300
+    uid, iid = rng.integers(0, 40, n), rng.permutation(n) * 3
+    y, shared = rng.integers(0, 2, n), rng.normal(size=n)
+    cora, collm, icl = (np.round(w * y + shared + rng.normal(size=n), 1) for w in (1.0, 0.4, 0.0))
+    assert len(np.unique(cora)) < n / 3  # many ties
+    p = rng.permutation(n)[: n - 20]  # CoLLM scored 280 of the rows, in another order
+    runs = [_scored_run(tmp_path, "cora", "CoRA-MF", uid, iid, y, cora),
+            _scored_run(tmp_path, "collm", "CoLLM-MF", uid[p], iid[p], y[p], collm[p]),
+            _scored_run(tmp_path, "zs", "ICL", uid, iid, y, icl, key="ICL (zero-shot base LLM)"),
+            _scored_run(tmp_path, "cora-again", "CoRA-MF", uid[::-1], iid[::-1], y[::-1], cora[::-1] * 2 + 1,
+                        key="CoRA-MF")]
+    out = tmp_path / "report"
+    main(["report", *runs, "--out", str(out)])
+    md = (out / "report.md").read_text()
+    section, rows = _paired_rows(md)
+    assert "Paired significance vs the reference: CoRA-MF [cora]" in md
+    assert "Reference method: **CoRA-MF [cora]**" in section and "the default `--versus CoRA-MF`" in section
+    assert rows["method"] == ["method", "paired test rows", "AUC", "reference AUC", "ΔAUC vs CoRA-MF [cora]",
+                              "95% CI", "p (DeLong)", "note"]
+    assert "CoRA-MF [cora]" not in rows  # the reference is not compared with itself
+    # eval.py writes no per-row scores for the CF model beside the run's own
+    assert rows["MF [cora]"][1:7] == ["–"] * 6
+    assert rows["MF [cora]"][7] == "no per-row test scores: scores.jsonl has no test rows of MF (CF, same rows)"
+    assert "2 inputs match `CoRA-MF` (CoRA-MF [cora], CoRA-MF [cora-again])" in section
+    want = delong_paired(y[p], collm[p], cora[p])
+    assert abs(want.auc - roc_auc_score(y[p], collm[p])) < 1e-12
+    assert rows["CoLLM-MF"][:7] == ["CoLLM-MF", "280", f"{want.auc:.4f}", f"{roc_auc_score(y[p], cora[p]):.4f}",
+                                    f"{want.delta:+.4f}", f"[{want.ci_low:+.4f}, {want.ci_high:+.4f}]",
+                                    f"{want.p:.1e}" if want.p < 1e-4 else f"{want.p:.4f}"]
+    assert rows["CoLLM-MF"][7] == "the rows both scored: 280 of the method's 280 and the reference's 300"
+    assert want.delta < 0 and want.ci_high < 0  # the reference carries more signal: a negative, significant Δ
+    assert rows["ICL"][1] == "300" and rows["ICL"][7] == ""  # zero-shot rows are tagged "ICL"
+    # the same ranking (rows reversed, scores rescaled): exactly no difference, p 1
+    assert rows["CoRA-MF [cora-again]"][4:7] == ["+0.0000", "[+0.0000, +0.0000]", "1.0000"]
+
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reference"] == {"versus": "CoRA-MF", "chosen_with_versus": False, "label": "CoRA-MF [cora]",
+                                "source": str(tmp_path / "cora" / "results.json")}
+    methods = {m["label"]: m for m in rep["methods"]}
+    assert methods["CoRA-MF [cora]"]["is_reference"] and methods["CoRA-MF [cora]"]["vs_reference"] is None
+    c = methods["CoLLM-MF"]["vs_reference"]
+    assert (c["rows"], c["rows_method"], c["rows_reference"]) == (280, 280, 300)
+    assert c["delta_auc"] == want.delta and c["ci95"] == [want.ci_low, want.ci_high] and c["p"] == want.p
+    assert c["se"] == want.se and c["auc"] == want.auc
+    assert methods["CoLLM-MF"]["splits"]["test"] == {"auc": 0.7, "uauc": 0.6, "rows": 280}
+    assert methods["CoLLM-MF"]["paper_auc"] == 0.7028
+    same = methods["CoRA-MF [cora-again]"]["vs_reference"]
+    assert (same["delta_auc"], same["se"], same["ci95"], same["p"]) == (0.0, 0.0, [0.0, 0.0], 1.0)
+    assert methods["MF [cora]"]["vs_reference"] is None
+    assert "no test rows of MF" in methods["MF [cora]"]["vs_reference_note"]
+
+    # --versus picks another reference, named in the section; the difference changes sign
+    out2 = tmp_path / "report2"
+    main(["report", *runs, "--out", str(out2), "--versus", "CoLLM-MF"])
+    section, rows = _paired_rows((out2 / "report.md").read_text())
+    assert "Reference method: **CoLLM-MF**" in section and "chosen with `--versus CoLLM-MF`" in section
+    assert rows["CoRA-MF [cora]"][4] == f"{-want.delta:+.4f}"
+    assert json.loads((out2 / "report.json").read_text())["reference"]["label"] == "CoLLM-MF"
+
+
+def test_report_paired_without_scores(inputs, tmp_path):
+    """Results files without scores.jsonl: a note, no error; --versus naming no input is a one-line error."""
+    out = tmp_path / "report"
+    main(["report", *inputs, "--out", str(out)])
+    section, _ = _paired_rows((out / "report.md").read_text())
+    assert "No paired comparison: CoRA-MF [cora-qkvo] has no per-row test scores (no scores.jsonl" in section
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reference"]["label"] is None and all(m["vs_reference"] is None for m in rep["methods"])
+    main(["report", *inputs[:2], "--out", str(out)])  # no CoRA-MF at all
+    assert "No paired comparison: no input is labelled or named CoRA-MF" in (out / "report.md").read_text()
+    bad = tmp_path / "bad"
+    with pytest.raises(SystemExit, match=r"--versus SASRec: no input is labelled or named SASRec"):
+        main(["report", *inputs, "--out", str(bad), "--versus", "SASRec"])
+    with pytest.raises(SystemExit, match=r"--versus MF: MF \[cf-mf\] has no per-row test scores"):
+        main(["report", *inputs, "--out", str(bad), "--versus", "MF"])
+    assert not bad.exists()
+
+
+def test_report_paired_refuses_unpaired_rows(tmp_path):
+    y = np.array([0, 1, 0, 1, 1, 0])
+    s = np.linspace(0, 1, 6)
+    ref = _scored_run(tmp_path, "cora", "CoRA-MF", np.arange(6), np.arange(6), y, s)
+    out = tmp_path / "report"
+    disjoint = _scored_run(tmp_path, "other", "TALLRec", np.arange(6), np.arange(6) + 100, y, s)
+    with pytest.raises(SystemExit, match=r"scored no test row in common \(rows matched by uid, iid\)$") as e:
+        main(["report", ref, disjoint, "--out", str(out)])
+    assert "\n" not in str(e.value)
+    flipped = _scored_run(tmp_path, "flipped", "TALLRec", np.arange(6), np.arange(6), 1 - y, s)
+    with pytest.raises(SystemExit, match=r"field 'label' differs on 6 of the 6 test rows both scored"):
+        main(["report", ref, flipped, "--out", str(out)])
+    twice = _scored_run(tmp_path, "twice", "TALLRec", np.zeros(6), np.r_[0, 0, 1, 2, 3, 4], y, s)
+    with pytest.raises(SystemExit, match=r"TALLRec scored the test row uid 0, iid 0 more than once"):
+        main(["report", ref, twice, "--out", str(out)])
+    (tmp_path / "twice" / "scores.jsonl").write_text('{"model": "TALLRec", "split": "test", "uid": 1}\n')
+    with pytest.raises(SystemExit, match=r"twice/scores.jsonl:1: no 'iid' field$"):
+        main(["report", ref, twice, "--out", str(out)])
+    assert not out.exists()

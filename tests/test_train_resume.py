@@ -1,4 +1,6 @@
-"""Exact resume after a real SIGKILL, config-mismatch refusal, and eval.py on the finished run.
+"""Exact resume after a real SIGKILL (also one during an asynchronous save), config-mismatch refusal,
+eval.py on the finished run (which reads no optimiser state), damaged checkpoints (resume falls back
+to an intact one, evaluation names the file), and a checkpoint the disk cannot hold.
 
 A tiny random Llama (HF dir through cora_jax.llm's loader), a row subset of ML-100K and a tiny MF
 keep every subprocess run to seconds of compute.
@@ -7,6 +9,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import pytest
 from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.data import PromptConfig, load_dataset, split_prompts
 from cora_jax.train import ConfigMismatchError, RunCheckpoints, TrainConfig, from_dict, train
+from cora_jax.train import checkpoint as C
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,6 +61,22 @@ def _load_train_cli():
     return mod
 
 
+def _load_eval_cli():
+    spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["eval_cli"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _env(root: pathlib.Path) -> dict:
+    """The subprocesses' environment: a persistent compilation cache, so that they reuse the executables
+    the first run compiled (compiling dominates these tiny runs on a shared CPU; same executables ->
+    same numerics)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def _evals(out: pathlib.Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
@@ -66,9 +86,9 @@ def _evals(out: pathlib.Path) -> list[dict]:
 
 def _params(run: pathlib.Path, step: int) -> dict:
     mgr = ocp.CheckpointManager(run / "checkpoints")
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    params = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
     mgr.close()
-    return state["params"]
+    return params
 
 
 def _flat(tree, prefix=""):
@@ -82,11 +102,7 @@ def _flat(tree, prefix=""):
 @pytest.fixture(scope="module")
 def runs(fixture_dirs):
     root, data, llm, cf = fixture_dirs
-    # A persistent compilation cache: the subprocesses reuse the executables the first run compiled
-    # (compiling dominates these tiny runs on a shared CPU). Same executables -> same numerics.
-    cache = root / "jax-cache"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(cache),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    cache, env = root / "jax-cache", _env(root)
     # the uninterrupted reference runs in this process (same CLI parsing, same compiled code)
     old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                                                  "jax_persistent_cache_min_entry_size_bytes")}
@@ -157,10 +173,7 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(runs):
 
 def test_eval_cli_writes_results_table_and_scores(runs):
     root = runs[0]
-    spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "eval.py")
-    eval_cli = importlib.util.module_from_spec(spec)
-    sys.modules["eval_cli"] = eval_cli  # dataclasses look their module up there
-    spec.loader.exec_module(eval_cli)
+    eval_cli = _load_eval_cli()
     out = root / "eval-out"
     eval_cli.main(["--run", str(root / "full"), "--split", "test", "--limit", "20", "--out", str(out), "--no-progress"])
     results = json.loads((out / "results.json").read_text())
@@ -171,3 +184,153 @@ def test_eval_cli_writes_results_table_and_scores(runs):
     assert len(rows) == 20 and set(rows[0]) >= {"uid", "iid", "label", "score"}
     table = (out / "results.md").read_text()
     assert "| CoRA-MF | test | 20 |" in table and "users)" in table
+
+
+def _assert_ends_like_the_full_run(root: pathlib.Path, run: pathlib.Path) -> None:
+    """run ended like the uninterrupted one: same summary, the same trained parameters in the latest and
+    the best checkpoint, the same valid AUC at every evaluation it logged; and only those two kept."""
+    s_full, s_run = (json.loads((r / "summary.json").read_text()) for r in (root / "full", run))
+    assert s_run["steps"] == s_full["steps"] == MAX_STEPS and s_run["best_step"] == s_full["best_step"]
+    assert abs(s_full["last_valid_auc"] - s_run["last_valid_auc"]) <= 1e-6
+    for step in sorted({MAX_STEPS, s_full["best_step"]}):
+        a, b = dict(_flat(_params(root / "full", step))), dict(_flat(_params(run, step)))
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    full_auc = {r["step"]: r["valid_auc"] for r in _evals(root / "full")}
+    assert all(abs(r["valid_auc"] - full_auc[r["step"]]) <= 1e-6 for r in _evals(run))
+    ckpt = RunCheckpoints(run, writable=False)
+    assert ckpt.steps() == sorted({MAX_STEPS, s_full["best_step"]}, reverse=True)  # pruned, after resuming too
+    ckpt.close()
+
+
+def _truncate_a_params_file(run: pathlib.Path, step: int) -> tuple[pathlib.Path, int, int]:
+    """Halve the largest data file of step's parameters: (the file, its size before, after)."""
+    item = run / "checkpoints" / str(step) / "params"
+    data = max((p for p in item.rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+    full = data.read_bytes()
+    data.write_bytes(full[: len(full) // 2])
+    return data, len(full), len(full) // 2
+
+
+def _error_line(capsys, main, argv: list[str]) -> str:
+    """The one line a refused command prints (exit status 2, nothing else on stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_evaluation_reads_no_optimiser_state(runs, tmp_path):
+    """The finished run without its optimiser items scores exactly as with them."""
+    root = runs[0]
+    run = tmp_path / "without-opt-state"
+    shutil.copytree(root / "full", run)
+    removed = [shutil.rmtree(item) or item for item in run.glob("checkpoints/*/opt_state")]
+    assert len(removed) == len(list(run.glob("checkpoints/*/params"))) >= 1
+    args = ["--split", "test", "--limit", "20", "--no-progress"]
+    eval_cli = _load_eval_cli()
+    eval_cli.main(["--run", str(root / "full"), *args, "--out", str(tmp_path / "with")])
+    eval_cli.main(["--run", str(run), *args, "--out", str(tmp_path / "without")])
+    scores = [(tmp_path / out / "scores.jsonl").read_text() for out in ("with", "without")]
+    assert scores[0] == scores[1] and len(scores[0].splitlines()) == 20
+
+
+def test_truncated_checkpoint_resume_falls_back_and_evaluation_names_it(runs, fixture_dirs, capsys):
+    root, data, llm, cf = fixture_dirs
+    best = json.loads((root / "full" / "summary.json").read_text())["best_step"]
+    assert best < MAX_STEPS  # two checkpoints (the fixture's run peaks before its end)
+    run = root / "damaged"
+    shutil.copytree(root / "full", run)
+    file, size, cut = _truncate_a_params_file(run, MAX_STEPS)
+
+    # resume: the latest checkpoint is unreadable, the best intact -> resumed from there, said on stderr
+    resumed = subprocess.run(_args(data, llm, cf, run), cwd=ROOT, env=_env(root), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    aside = run / "unreadable-checkpoints" / str(MAX_STEPS)
+    said = (f"checkpoint step {MAX_STEPS} is unreadable ({file}: truncated to {cut} bytes, its index needs {size}); "
+            f"resuming from step {best} (moved to {aside})")
+    assert said in resumed.stderr.splitlines(), resumed.stderr[-3000:]
+    assert f"resuming from step {best} " in resumed.stdout
+    assert (aside / "params").is_dir()  # kept for inspection, out of the checkpoint manager's way
+    _assert_ends_like_the_full_run(root, run)
+
+    # evaluation of a run whose best checkpoint is unreadable: one line naming the step and the file
+    file, size, cut = _truncate_a_params_file(run, best)
+    line = _error_line(capsys, _load_eval_cli().main, ["--run", str(run), "--split", "test", "--limit", "4", "--no-progress"])
+    assert line == f"error: checkpoint step {best} is unreadable ({file}: truncated to {cut} bytes, its index needs {size})"
+
+    # no intact checkpoint left: resuming stops before loading anything, saying how to start over
+    _truncate_a_params_file(run, MAX_STEPS)
+    line = _error_line(capsys, _load_train_cli().main, _args(data, llm, cf, run)[2:])
+    assert line.startswith(f"error: no checkpoint of {run} can be read (checkpoint step {MAX_STEPS} is unreadable (")
+    assert f"; checkpoint step {best} is unreadable ({file}: truncated" in line
+    assert line.endswith(f": start over with a new --out folder, or move {run / 'checkpoints'} away and rerun the same command")
+
+
+# Run in the killed child instead of train.py: Orbax's background thread stalls on the meta item of
+# step STALL_AT's save (the arrays may be written, the step is not committed) after creating MARKER.
+STALLED_SAVE = """
+import pathlib, runpy, sys, time
+import orbax.checkpoint as ocp
+stall_at, marker = int(sys.argv.pop(1)), pathlib.Path(sys.argv.pop(1))
+save = ocp.handlers.JsonCheckpointHandler._save_fn
+async def stalled(self, x, directory):
+    if isinstance(x, dict) and "config" in x and x["step"] == stall_at:  # the run's meta, not Orbax's metrics
+        marker.write_text(str(directory))
+        time.sleep(600)
+    return await save(self, x, directory)
+ocp.handlers.JsonCheckpointHandler._save_fn = stalled
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+STALL_AT = 12
+
+
+def test_sigkill_during_an_async_save_then_resume_ends_like_the_uninterrupted_run(runs, fixture_dirs):
+    root, data, llm, cf = fixture_dirs
+    run, marker = root / "killed-in-save", root / "save-in-progress"
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_SAVE, str(STALL_AT), str(marker), *_args(data, llm, cf, run)[1:]],
+                            cwd=ROOT, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    out = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL and marker.exists(), out[-3000:]
+    # killed with step STALL_AT's save under way: its temporary folder is there, the step is not
+    assert any(p.name.startswith(f"{STALL_AT}.") for p in (run / "checkpoints").iterdir())
+    ckpt = RunCheckpoints(run, writable=False)
+    assert STALL_AT not in ckpt.steps() and max(ckpt.steps()) == STALL_AT - 4
+    ckpt.close()
+
+    resumed = subprocess.run(_args(data, llm, cf, run), cwd=ROOT, env=_env(root), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {STALL_AT - 4} " in resumed.stdout
+    assert not any(p.name.startswith(f"{STALL_AT}.") for p in (run / "checkpoints").iterdir())  # cleared
+    _assert_ends_like_the_full_run(root, run)
+
+
+def test_a_checkpoint_the_disk_cannot_hold_stops_cleanly(fixture_dirs, monkeypatch, capsys):
+    """Free space for the first checkpoint only: the second is refused before a byte is written, in one
+    line, and the first stays as it was."""
+    root, data, llm, cf = fixture_dirs
+    run = root / "disk-full"
+    sizes = iter([1 << 50])
+    monkeypatch.setattr(C, "free_space", lambda path: next(sizes, 0))
+    argv = _args(data, llm, cf, run)[2:]
+    argv[argv.index("--max-steps") + 1] = "8"
+    line = _error_line(capsys, _load_train_cli().main, argv)
+    assert line.startswith(f"error: not enough disk space to save checkpoint step 8 in {run / 'checkpoints'}: it needs about ")
+    assert line.endswith("MiB are free; the checkpoints written so far (steps 4) are intact: free some space and "
+                         "rerun the same command to resume")
+    ckpt = RunCheckpoints(run, writable=False)
+    assert ckpt.steps() == [4] and ckpt.read_meta(4)["step"] == 4
+    ckpt.verify(4)
+    ckpt.close()
+    assert [r["step"] for r in _evals(run)] == [4]

@@ -61,7 +61,7 @@ def test_train_steps_change_only_generator_and_p():
     trainable, opt_state, frozen = st.trainable, st.opt_state, st.frozen
     step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
 
-    # gradient of step 1: all P zero -> the generator gets exactly no gradient (§5.3), P does
+    # gradient of step 1: all P zero -> the generator gets exactly no gradient (docs/reference.md#where-g-goes), P does
     def loss(tr):
         return optax.sigmoid_binary_cross_entropy(
             nnx.merge(graphdef, tr, frozen)(*(jnp.asarray(_batch()[k]) for k in ("ids", "mask", "e_u", "e_i"))),

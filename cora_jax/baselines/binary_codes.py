@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from cora_jax.cf.frozen import check_ids
 from cora_jax.cf.trainer import epoch_batches
+from cora_jax.errors import FlagError
 from cora_jax.metrics import auc
 
 if TYPE_CHECKING:
@@ -49,16 +50,16 @@ class BinaryCodeConfig:
 
     def validate(self) -> None:
         if self.bits <= 0 or self.bits % 8:
-            raise ValueError(f"BinaryCodeConfig.bits must be a positive multiple of 8, got {self.bits}")
+            raise FlagError("bits", f"must be a positive multiple of 8, got {self.bits}")
         for field in ("epochs", "batch_size"):
             if getattr(self, field) <= 0:
-                raise ValueError(f"BinaryCodeConfig.{field} must be > 0, got {getattr(self, field)}")
+                raise FlagError(field, f"must be > 0, got {getattr(self, field)}")
         if not self.lr > 0:
-            raise ValueError(f"BinaryCodeConfig.lr must be > 0, got {self.lr}")
+            raise FlagError("lr", f"must be > 0, got {self.lr}")
         if not self.weight_decay >= 0:
-            raise ValueError(f"BinaryCodeConfig.weight_decay must be >= 0, got {self.weight_decay}")
+            raise FlagError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.text not in TEXT_FORMATS:
-            raise ValueError(f"BinaryCodeConfig.text={self.text!r} is unknown; expected one of {TEXT_FORMATS}")
+            raise FlagError("text", f"{self.text!r} is unknown; choose one of {', '.join(TEXT_FORMATS)}")
 
 
 @jax.custom_jvp

@@ -1,4 +1,4 @@
-"""The paper's LLM baselines (cora-reference.md §10) as recommenders with CoRA's interface: a frozen
+"""The paper's LLM baselines (docs/reference.md#llm-baselines) as recommenders with CoRA's interface: a frozen
 Llama, a `loss_offset` Param (see cora_jax.cora.model) and `batch_scores(batch, rng, place_g)` ->
 the "Yes" logit of every row. They share the data, prompt machinery, score, loss, metrics,
 checkpointing and sharded steps of the training loop; only what is trained differs.
@@ -27,6 +27,7 @@ from flax import nnx
 
 from cora_jax.baselines.binary_codes import BinaryCodeConfig
 from cora_jax.cora.model import TARGET_PRESETS, projection_dims
+from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.llm import Llama, LowRankDelta
 
 METHODS = ("cora", "tallrec", "collm", "prompt4nr", "personprompt", "binllm")
@@ -55,17 +56,21 @@ class MethodConfig:
 
     def validate(self) -> None:
         if self.kind not in METHODS:
-            raise ValueError(f"MethodConfig.kind: unknown method {self.kind!r}; choose one of {METHODS}")
+            raise FlagError("kind", f"names an unknown method {self.kind!r}; choose one of {', '.join(METHODS)}")
         if self.lora.targets not in TARGET_PRESETS or "down_proj" in TARGET_PRESETS[self.lora.targets]:
-            raise ValueError(f"MethodConfig.lora.targets: {self.lora.targets!r} is not a preset without the FFN "
-                             f"down projection; choose one of {sorted(k for k in TARGET_PRESETS if k != 'qkvof')}")
-        if self.lora.rank < 1 or not 0.0 <= self.lora.dropout < 1.0:
-            raise ValueError(f"MethodConfig.lora: rank must be >= 1 and dropout in [0, 1), got {self.lora}")
-        if self.soft_tokens < 1 or self.collm_hidden < 1:
-            raise ValueError("MethodConfig.soft_tokens and MethodConfig.collm_hidden must be >= 1")
+            raise FlagError("lora.targets", f"{self.lora.targets!r} is not a preset without the FFN down projection; "
+                                            f"choose one of {', '.join(sorted(k for k in TARGET_PRESETS if k != 'qkvof'))}")
+        if self.lora.rank < 1:
+            raise FlagError("lora.rank", f"must be >= 1, got {self.lora.rank}")
+        if not 0.0 <= self.lora.dropout < 1.0:
+            raise FlagError("lora.dropout", f"must be in [0, 1), got {self.lora.dropout}")
+        for name in ("soft_tokens", "collm_hidden"):
+            if getattr(self, name) < 1:
+                raise FlagError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.lora_from is not None and self.kind == "cora":
-            raise ValueError("MethodConfig.lora_from: CoRA has no LoRA to load (use it with collm, personprompt, ...)")
-        self.binary.validate()
+            raise FlagError("lora_from", "is for the LoRA baselines (collm, personprompt, ...): CoRA has no LoRA to load")
+        with flag_prefix("binary"):
+            self.binary.validate()
 
     @property
     def tokens_per_slot(self) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 from typing import Annotated
 
 import tyro
 
 from cora_jax.cf.trainer import REFERENCE_LRS, REFERENCE_WDS, CFTrainConfig, grid_cf, train_cf
+from cora_jax.errors import entry_point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,9 @@ def run_cf(cmd: CFTrainCommand | CFGridCommand) -> dict:
     return result
 
 
-def main_cf(argv: list[str] | None = None) -> dict:
+@entry_point
+def main_cf(argv: list[str]) -> dict:
     """`train ...` or `grid ...` (a bare flag list means `train`); argv defaults to sys.argv[1:]."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("train", "grid", "-h", "--help"):
         argv = ["train", *argv]  # so `python train.py cf --model mf ...` works without the word train
     cmd = tyro.extras.subcommand_cli_from_dict(

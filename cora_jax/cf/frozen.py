@@ -1,4 +1,5 @@
-"""Checkpoint I/O for CF models and the frozen encoder CoRA consumes (Contract 3).
+"""Checkpoint I/O for CF models and the frozen encoder CoRA consumes: a CF run directory is all CoRA needs
+to get user and item embeddings, without the CF training code.
 
 A CF run directory holds:
     config.json     {"model": CFModelSpec fields, "train": CFTrainConfig fields, "data": ...}

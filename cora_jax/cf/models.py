@@ -7,7 +7,7 @@ All three share one interface, which the trainer and the frozen encoder used by 
     model.score(batch, key=None)     -> [B]      dot product of the two
 
 `key` is a PRNG key for dropout; None means evaluation mode (only SASRec uses dropout).
-Behaviour follows ../shared/docs/cora-reference.md §8.
+Behaviour follows the reference (docs/reference.md#cf-backbones).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cora_jax.errors import CoraError
 from cora_jax.nn import dropout
 
 ModelKind = Literal["mf", "lightgcn", "sasrec"]
@@ -28,7 +29,7 @@ MODEL_KINDS: tuple[str, ...] = ("mf", "lightgcn", "sasrec")
 LN_EPS = 1e-8  # the reference SASRec's LayerNorm epsilon
 
 
-class CFConfigError(ValueError):
+class CFConfigError(CoraError, ValueError):
     """A CF model/training configuration that cannot work; the message names the field."""
 
 

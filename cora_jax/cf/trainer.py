@@ -1,4 +1,5 @@
-"""Training of the CF backbones as the reference does it (cora-reference.md §8).
+"""Training of the CF backbones as the reference does it (docs/reference.md#cf-backbones; the differences,
+such as when early stopping arms: docs/reference.md#differences).
 
 BCE with logits on labelled (u, i, y) pairs, Adam with coupled L2 (torch's Adam(weight_decay)),
 shuffled mini-batches, evaluation on the full valid split every epoch, early stopping on valid AUC,
@@ -26,23 +27,25 @@ from cora_jax.cf.models import MODEL_KINDS, CFBatch, CFConfigError, CFModelSpec,
 if TYPE_CHECKING:
     from cora_jax.data import Dataset
 
-REFERENCE_LRS = (1e-1, 1e-2, 1e-3)  # the reference grid (cora-reference.md §8)
+REFERENCE_LRS = (1e-1, 1e-2, 1e-3)  # the reference grid (docs/reference.md#cf-backbones)
 REFERENCE_WDS = (1e-2, 1e-4, 1e-6)
+MODEL_LRS = {"mf": 1e-3, "lightgcn": 1e-2, "sasrec": 1e-2}  # the grid points the reference picked on ML-1M
 
 
 @dataclasses.dataclass(frozen=True)
 class CFTrainConfig:
-    """Hyper-parameters of one CF training run (defaults: the reference's ML-1M MF setting)."""
+    """Hyper-parameters of one CF training run (defaults: the reference's ML-1M setting of each model)."""
 
     model: Literal["mf", "lightgcn", "sasrec"] = "mf"  # which backbone
     dim: int = 256  # embedding size
-    lr: float = 1e-3  # learning rate
+    lr: float | None = None  # learning rate; None = the reference's for the model (MF 1e-3, LightGCN / SASRec 1e-2)
     wd: float = 1e-4  # L2 weight decay (coupled for adam, decoupled for adamw)
     optimizer: Literal["adam", "adamw"] = "adam"  # adam = torch Adam(weight_decay=wd), the reference
     batch_size: int = 1024  # rows per optimiser step
     max_epochs: int = 1000  # upper bound on epochs
     patience: int = 20  # stop after this many epochs without a better valid AUC
-    min_epochs: int = 0  # never stop before this many epochs (MF's N(0,1) init needs ~150 to show any signal)
+    stop_after_gain: float = 0.01  # patience counts only once valid AUC is this far above its first epoch's
+                                   # (MF's N(0,1) start sits at chance for ~120 epochs before it learns)
     seed: int = 2023  # init, shuffling and dropout randomness
     n_layers: int = 2  # LightGCN propagation layers
     seq_len: int = 25  # SASRec: number of most recent history items read
@@ -53,22 +56,26 @@ class CFTrainConfig:
 
     def validate(self) -> None:
         if self.model not in MODEL_KINDS:
-            raise CFConfigError(f"CFTrainConfig.model={self.model!r} is unknown; expected one of {MODEL_KINDS}")
+            raise CFConfigError(f"--model {self.model!r} is unknown; choose one of {', '.join(MODEL_KINDS)}")
         for field in ("dim", "batch_size", "max_epochs", "patience"):
             if getattr(self, field) <= 0:
-                raise CFConfigError(f"CFTrainConfig.{field} must be > 0, got {getattr(self, field)}")
-        if self.min_epochs < 0 or self.min_epochs > self.max_epochs:
-            raise CFConfigError(f"CFTrainConfig.min_epochs={self.min_epochs} must be in [0, max_epochs={self.max_epochs}]")
-        if self.lr <= 0 or self.wd < 0:
-            raise CFConfigError(f"CFTrainConfig needs lr > 0 and wd >= 0, got lr={self.lr}, wd={self.wd}")
+                raise CFConfigError(f"--{field.replace('_', '-')} must be > 0, got {getattr(self, field)}")
+        if self.stop_after_gain < 0:
+            raise CFConfigError(f"--stop-after-gain must be >= 0, got {self.stop_after_gain}")
+        if self.learning_rate <= 0 or self.wd < 0:
+            raise CFConfigError(f"--lr must be > 0 and --wd >= 0, got lr={self.learning_rate}, wd={self.wd}")
         if self.optimizer not in ("adam", "adamw"):
-            raise CFConfigError(f"CFTrainConfig.optimizer={self.optimizer!r} is unknown; expected 'adam' or 'adamw'")
+            raise CFConfigError(f"--optimizer {self.optimizer!r} is unknown; choose adam or adamw")
+
+    @property
+    def learning_rate(self) -> float:
+        return MODEL_LRS[self.model] if self.lr is None else self.lr
 
 
 def make_optimizer(cfg: CFTrainConfig) -> optax.GradientTransformation:
     if cfg.optimizer == "adam":  # L2 added to the gradient before the Adam moments, as torch Adam does
-        return optax.chain(optax.add_decayed_weights(cfg.wd), optax.adam(cfg.lr))
-    return optax.adamw(cfg.lr, weight_decay=cfg.wd)
+        return optax.chain(optax.add_decayed_weights(cfg.wd), optax.adam(cfg.learning_rate))
+    return optax.adamw(cfg.learning_rate, weight_decay=cfg.wd)
 
 
 def resolve_data(data) -> "Dataset":
@@ -200,7 +207,7 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
             params, opt_state, loss = run.epoch(params, opt_state, rng, jax.random.fold_in(base_key, epoch))
             loss = float(loss)
             if not np.isfinite(loss):
-                raise FloatingPointError(f"CF training diverged at epoch {epoch} (loss {loss}); lower lr={cfg.lr}")
+                raise FloatingPointError(f"CF training diverged at epoch {epoch} (loss {loss}); lower lr={cfg.learning_rate}")
             vm = metrics.evaluate_split(valid, run.scores(params, valid_batch))
             epochs_log.append({"epoch": epoch, "loss": loss, "valid_auc": vm.auc, "valid_uauc": vm.uauc})
             log_file.write(json.dumps(epochs_log[-1]) + "\n")
@@ -209,7 +216,8 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
                 best = {"auc": vm.auc, "epoch": epoch, "valid": _metrics_dict(vm)}
                 best_params = jax.tree.map(lambda a: np.array(a, copy=True), params)
             bar.set_postfix(loss=f"{loss:.4f}", valid_auc=f"{vm.auc:.4f}", best=f"{best['auc']:.4f}@{best['epoch']}")
-            if epoch + 1 >= cfg.min_epochs and epoch - best["epoch"] >= cfg.patience:
+            armed = best["auc"] >= epochs_log[0]["valid_auc"] + cfg.stop_after_gain
+            if armed and epoch - best["epoch"] >= cfg.patience:
                 break
     train_s = time.perf_counter() - t_train
     epochs_run = len(epochs_log)
@@ -220,7 +228,7 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
     results = {
         "model": cfg.model,
         "data": str(ds.root) if ds.root is not None else ("ml100k" if str(data) == "ml100k" else "<in-memory dataset>"),
-        "lr": cfg.lr,
+        "lr": cfg.learning_rate,
         "wd": cfg.wd,
         "optimizer": cfg.optimizer,
         "seed": cfg.seed,

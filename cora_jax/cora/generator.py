@@ -1,4 +1,4 @@
-"""The collaborative weights generator (cora-reference.md §5.2): [e_u; e_i] -> G [B, d_model, r].
+"""The collaborative weights generator (docs/reference.md#generator): [e_u; e_i] -> G [B, d_model, r].
 
 A Q-Former-style stack: k learned queries attend to themselves and (cross-attention) to the single
 token [e_u; e_i], post-LayerNorm BERT blocks, then one linear map to d_model * r numbers per query,
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cora_jax.errors import FlagError
 from cora_jax.nn import dropout
 
 
@@ -35,11 +36,11 @@ class GeneratorConfig:
     def validate(self) -> None:
         for name in ("num_queries", "num_layers", "hidden", "num_heads", "ffn_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise FlagError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.num_heads:
-            raise ValueError(f"GeneratorConfig.hidden ({self.hidden}) is not divisible by num_heads ({self.num_heads})")
+            raise FlagError(("hidden", "num_heads"), f"= {self.hidden}/{self.num_heads}: the width is not divisible by the head count")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GeneratorConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise FlagError("dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 def _key(rng: jax.Array | None, i: int) -> jax.Array | None:

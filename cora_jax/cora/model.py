@@ -1,4 +1,4 @@
-"""The CoRA scorer (cora-reference.md §5): a frozen Llama whose target projections get the
+"""The CoRA scorer (docs/reference.md#model): a frozen Llama whose target projections get the
 per-sample side branch y = x W + (alpha/r) * (dropout(x) G) P, with G from the generator.
 
 Every target whose input width is d_model (q/k/v/o, gate/up) uses the sample's G. down_proj reads
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cora_jax.cora.generator import CollabWeightGenerator, GeneratorConfig
+from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.llm import Llama, LowRankDelta
 
 # Weight-type presets of the paper's Table 4 -> the projections that get a side branch.
@@ -42,12 +43,14 @@ class CoRAConfig:
 
     def validate(self) -> None:
         if self.targets not in TARGET_PRESETS:
-            raise ValueError(f"CoRAConfig.targets: unknown preset {self.targets!r}; choose one of {sorted(TARGET_PRESETS)}")
+            raise FlagError("targets", f"names an unknown preset {self.targets!r}; "
+                                       f"choose one of {', '.join(sorted(TARGET_PRESETS))}")
         if self.rank < 1:
-            raise ValueError(f"CoRAConfig.rank must be >= 1, got {self.rank}")
+            raise FlagError("rank", f"must be >= 1, got {self.rank}")
         if not 0.0 <= self.branch_dropout < 1.0:
-            raise ValueError(f"CoRAConfig.branch_dropout must be in [0, 1), got {self.branch_dropout}")
-        self.generator.validate()
+            raise FlagError("branch_dropout", f"must be in [0, 1), got {self.branch_dropout}")
+        with flag_prefix("generator"):
+            self.generator.validate()
 
 
 def projection_dims(llm_cfg, target: str) -> tuple[int, int]:

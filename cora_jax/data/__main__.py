@@ -12,7 +12,8 @@ import tyro
 
 from cora_jax.data.build import MonthWindows, Source, build_to, default_windows
 from cora_jax.data.prompts import PromptConfig, render_prompt
-from cora_jax.data.split import DataError, dataset_stats, load_dataset
+from cora_jax.data.split import dataset_stats, load_dataset
+from cora_jax.errors import UsageError, entry_point
 
 Positional = tyro.conf.Positional
 
@@ -44,7 +45,8 @@ def build(
         w = dataclasses.replace(w, **changes)
     else:
         if valid_months or test_months or origin:
-            raise SystemExit("amazon-book: only --train-months applies (valid/test halve the held-out month)")
+            raise UsageError("--valid-months/--test-months/--origin are MovieLens only: for amazon-book give only "
+                             "--train-months (valid and test halve the held-out month)")
         if train_months is not None:
             w = dataclasses.replace(w, train_months=train_months)
     start = time.perf_counter()
@@ -63,7 +65,7 @@ def prompt(path: Positional[pathlib.Path], split: str = "test", index: int = 0,
     ds = load_dataset(path)
     s = ds[split]
     if not 0 <= index < len(s):
-        raise SystemExit(f"--index {index} is out of range: {split} has {len(s)} rows")
+        raise UsageError(f"--index {index} is out of range: {split} has {len(s)} rows; give 0 .. {len(s) - 1}")
     his = s.history(index)[1:]
     cfg = PromptConfig(domain=domain or ds.domain)
     print(render_prompt(ds.item_titles[his].tolist(), ds.item_titles[int(s.iid[index])], cfg))
@@ -94,19 +96,17 @@ def convert_pickle(
 
     print("warning: pickles can run arbitrary code when loaded; convert only files you trust.", file=sys.stderr)
     if not i_trust_these_files:
-        raise SystemExit("refusing to unpickle without --i-trust-these-files")
+        raise UsageError("refusing to unpickle (no --i-trust-these-files): pass it only for pickles you trust")
     convert_collm_pickles({"train": train, "valid": valid, "test": test, "valid_small": valid_small}, out)
     print(json.dumps(dataset_stats(load_dataset(out))))
 
 
-def main(args: list[str] | None = None) -> None:
-    try:
-        tyro.extras.subcommand_cli_from_dict(
-            {"build": build, "stats": stats, "prompt": prompt, "convert-pickle": convert_pickle},
-            prog="python -m cora_jax.data", args=args,
-        )
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+@entry_point
+def main(args: list[str]) -> None:
+    tyro.extras.subcommand_cli_from_dict(
+        {"build": build, "stats": stats, "prompt": prompt, "convert-pickle": convert_pickle},
+        prog="python -m cora_jax.data", args=args,
+    )
 
 
 if __name__ == "__main__":

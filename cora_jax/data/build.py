@@ -1,4 +1,4 @@
-"""Build a CoLLM-layout split from raw ratings (cora-reference.md §2).
+"""Build a CoLLM-layout split from raw ratings (docs/reference.md#data).
 
 Every source reader turns its raw files into `Interactions` (raw keys, labels, timestamps, split
 flags, titles) in raw-file order; `assemble` is the one recipe core they all share:
@@ -42,7 +42,7 @@ Source = Literal["ml-1m", "ml-100k", "ml-100k-recbole", "amazon-book"]
 
 @dataclasses.dataclass(frozen=True)
 class MonthWindows:
-    """Month-based split of MovieLens-style data (reference §2.1). Months are counted from an origin."""
+    """Month-based split of MovieLens-style data (docs/reference.md#ml-1m). Months are counted from an origin."""
 
     origin: str | None = None  # "YYYY-MM" of month 0; None = the month of the first rating (UTC)
     train: tuple[int, int] = (14, 23)  # inclusive month range of train (ML-1M: 2001-06 .. 2002-03)
@@ -62,7 +62,7 @@ ML100K_WINDOWS = MonthWindows(origin="1997-09", train=(0, 4), valid=(5, 5), test
 
 @dataclasses.dataclass(frozen=True)
 class AmazonWindows:
-    """Amazon-Book recipe (reference §2.2): one year, a month range for train, a held-out month halved."""
+    """Amazon-Book recipe (docs/reference.md#amazon-book): one year, a month range for train, a held-out month halved."""
 
     year: int = 2017  # only reviews of this year (UTC) are kept
     min_count: int = 20  # keep users and items with MORE than this many ratings in the year (one pass)

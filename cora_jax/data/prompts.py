@@ -1,5 +1,5 @@
-"""The reference prompt (cora-reference.md §3), its quirks on by default, each behind a field, and
-the CoLLM prompt the input-space baselines use (cora-reference.md §10): the same question with a
+"""The reference prompt (docs/reference.md#prompt), its quirks on by default, each behind a field, and
+the CoLLM prompt the input-space baselines use (docs/reference.md#llm-baselines): the same question with a
 user and an item feature slot, `USER_SLOT` / `ITEM_SLOT`, which those methods fill with input
 embeddings (cora_jax.llm.Tokenizer.encode_with_slots) or, for BinLLM, with text.
 

@@ -2,7 +2,7 @@
 
 A split folder holds train / valid / valid_small / test `.jsonl.gz`, one JSON object a line with
 the keys `row, uid, iid, label, timestamp, his, his_title, title, flag, not_cold` (see
-../shared/data/README.md). `load_dataset` validates every line and the cross-file invariants
+docs/reference.md#split-files). `load_dataset` validates every line and the cross-file invariants
 (title of an item, valid_small being a sample of valid, not_cold, unique rows) before returning;
 any problem raises `DataError` naming the file, the line and the field.
 """
@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from cora_jax.errors import CoraError
+
 SPLIT_NAMES = ("train", "valid", "valid_small", "test")
 FIELDS = ("row", "uid", "iid", "label", "timestamp", "his", "his_title", "title", "flag", "not_cold")
 FLAG_OF = {"train": -1, "valid": 0, "valid_small": 0, "test": 1}
 MAX_ID = 2**31 - 1  # ids are stored as int32
 
 
-class DataError(ValueError):
+class DataError(CoraError, ValueError):
     """Bad input data; the message starts with `file:line: field:` where they are known."""
 
     def __init__(self, file: str | pathlib.Path | None, line: int | None, field: str | None, msg: str):
@@ -309,7 +311,10 @@ def load_dataset(path: str | pathlib.Path, domain: str | None = None) -> Dataset
     """
     root = pathlib.Path(path)
     if not root.is_dir():
-        raise DataError(root, None, None, "not a folder holding train/valid/valid_small/test .jsonl.gz")
+        raise DataError(root, None, None, "not a folder holding train/valid/valid_small/test .jsonl.gz: build it from "
+                                          "GroupLens' ratings.dat + movies.dat with `python -m cora_jax.data build --source "
+                                          f"ml-1m --raw PATH/TO/ml-1m --out {root}`, or set CORA_DATA to the folder that "
+                                          "holds ml-1m-collm")
     if domain is None:
         meta = root / "BUILD.json"
         domain = json.loads(meta.read_text()).get("domain", "movie") if meta.is_file() else "movie"

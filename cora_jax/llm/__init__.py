@@ -1,4 +1,5 @@
-"""Llama-family decoder in Flax NNX with per-sample low-rank weight deltas (Contract 4).
+"""Llama-family decoder in Flax NNX with per-sample low-rank weight deltas: any projection can add a side
+branch scale * (dropout(x) A) B with A and/or B per sample, never a merged weight (docs/reference.md#where-g-goes).
 
 Public API:
     LlamaConfig, RopeScaling      model configuration (from HF config.json or GGUF metadata)

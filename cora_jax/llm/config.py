@@ -1,4 +1,5 @@
-"""Llama-family configuration: built from a Hugging Face `config.json` or from GGUF metadata.
+"""Llama-family configuration: built from a Hugging Face `config.json` (Llama, Mistral, Qwen2) or from
+GGUF metadata (llama, qwen2).
 
 Every size the model uses is a field here, so the layers hold no magic numbers. Compute dtype,
 parameter dtype and the per-layer rematerialisation policy are config fields too, so the same
@@ -13,13 +14,18 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from cora_jax.errors import CoraError
+
 # The rotary variants an HF Llama / Llama-2 / Llama-3 / Vicuna config can carry that we implement.
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # Per-layer rematerialisation policies (see model._remat_policy).
 REMAT_POLICIES = ("none", "full", "dots")
+# Decoders of the Llama layout we build: HF config.json `model_type`s and GGUF `general.architecture`s.
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
+GGUF_ARCHITECTURES = ("llama", "qwen2")
 
 
-class ConfigError(ValueError):
+class ConfigError(CoraError, ValueError):
     """A config.json / GGUF header that does not describe a Llama model we can build."""
 
 
@@ -65,6 +71,9 @@ class LlamaConfig:
     max_position_embeddings: int = 2048        # trained context (dynamic RoPE threshold)
     attention_bias: bool = False               # biases on q/k/v/o projections
     mlp_bias: bool = False                     # biases on gate/up/down projections
+    qkv_bias: bool = False                     # biases on q/k/v but not o (Qwen2)
+    sliding_window: int | None = None          # a query sees at most this many most recent keys (Mistral); None: all
+    rope_freq_factors: tuple[float, ...] | None = None  # divisors of the RoPE frequencies (GGUF rope_freqs tensor)
     bos_token_id: int | None = 1               # informative; the tokenizer decides what it prepends
     eos_token_id: int | None = 2               # informative
     dtype: str = "float32"                     # compute dtype of activations and matmuls
@@ -80,6 +89,11 @@ class LlamaConfig:
             raise ConfigError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window {self.sliding_window} must be at least 1 (or None: no window)")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+            raise ConfigError(f"rope_freq_factors has {len(self.rope_freq_factors)} entries, "
+                              f"head_dim {self.head_dim} needs {self.head_dim // 2}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         for field in ("dtype", "param_dtype"):
@@ -109,8 +123,9 @@ class LlamaConfig:
     def num_params(self) -> int:
         """Parameter count (embeddings and LM head included), for checks against eval_shape."""
         d, layer = self.hidden_size, 2 * self.hidden_size
+        qkv = self.attention_bias or self.qkv_bias
         for t, (i, o) in self.target_dims().items():
-            bias = self.attention_bias if t in ("q_proj", "k_proj", "v_proj", "o_proj") else self.mlp_bias
+            bias = {"q_proj": qkv, "k_proj": qkv, "v_proj": qkv, "o_proj": self.attention_bias}.get(t, self.mlp_bias)
             layer += i * o + (o if bias else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_hidden_layers * layer + d + head
@@ -120,8 +135,9 @@ class LlamaConfig:
     def from_hf_dict(cls, d: Mapping[str, Any], where: str = "config.json", **overrides) -> "LlamaConfig":
         """From the dict of an HF config.json (transformers 4 `rope_scaling` or 5 `rope_parameters`)."""
         model_type = d.get("model_type", "llama")
-        if model_type not in ("llama", "mistral"):  # mistral: same layout without sliding window use
-            raise ConfigError(f"{where}: model_type {model_type!r} is not a Llama model")
+        if model_type not in HF_MODEL_TYPES:
+            raise ConfigError(f"{where}: model_type {model_type!r} is not supported "
+                              f"(supported: {', '.join(HF_MODEL_TYPES)})")
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"{where}: hidden_act {act!r} is not supported (Llama uses silu)")
@@ -132,6 +148,8 @@ class LlamaConfig:
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing field(s) {missing}")
+        window = d.get("sliding_window") if model_type == "mistral" else \
+            _qwen2_window(d, where) if model_type == "qwen2" else None
         first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (eos may be a list)
         return cls(
             vocab_size=int(d["vocab_size"]),
@@ -148,6 +166,8 @@ class LlamaConfig:
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             attention_bias=bool(d.get("attention_bias", False)),
             mlp_bias=bool(d.get("mlp_bias", False)),
+            qkv_bias=model_type == "qwen2",  # Qwen2's q/k/v always carry biases; no config field says so
+            sliding_window=None if window is None else int(window),
             bos_token_id=first(d.get("bos_token_id")),
             eos_token_id=first(d.get("eos_token_id")),
             **overrides,
@@ -164,17 +184,20 @@ class LlamaConfig:
 
     @classmethod
     def from_gguf(cls, reader_or_path, **overrides) -> "LlamaConfig":
-        """From GGUF metadata (`llama.*` keys) of a gguf.GGUFReader or a file path."""
+        """From GGUF metadata (`llama.*` / `qwen2.*` keys) of a gguf.GGUFReader or a file path."""
+        import gguf
+
         from .weights import gguf_reader, gguf_value
 
         reader = gguf_reader(reader_or_path) if not hasattr(reader_or_path, "fields") else reader_or_path
         where = str(getattr(reader, "path", reader_or_path))
         arch = gguf_value(reader, "general.architecture", where)
-        if arch != "llama":
-            raise ConfigError(f"{where}: general.architecture is {arch!r}, not 'llama'")
+        if arch not in GGUF_ARCHITECTURES:
+            raise ConfigError(f"{where}: general.architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
 
         def get(key, default=None, required=True):
-            return gguf_value(reader, f"llama.{key}", where, default=... if required else default)
+            return gguf_value(reader, f"{arch}.{key}", where, default=... if required else default)
 
         n_head = int(get("attention.head_count"))
         embed = int(get("embedding_length"))
@@ -188,7 +211,11 @@ class LlamaConfig:
             rope = RopeScaling(rope_type=scaling_type, factor=float(get("rope.scaling.factor")),
                                original_max_position_embeddings=get("rope.scaling.original_context_length", required=False))
         elif scaling_type not in (None, "none"):
-            raise ConfigError(f"{where}: llama.rope.scaling.type {scaling_type!r} is not supported")
+            raise ConfigError(f"{where}: {arch}.rope.scaling.type {scaling_type!r} is not supported")
+        # llama.cpp stores a Llama-3.x's llama3 rope scaling as per-frequency divisors in this tensor
+        freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+        freq_factors = None if freqs is None else tuple(
+            float(x) for x in gguf.quants.dequantize(freqs.data, freqs.tensor_type).reshape(-1))
         head_dim = get("attention.key_length", required=False) or get("rope.dimension_count", required=False)
         bos = gguf_value(reader, "tokenizer.ggml.bos_token_id", where, default=None)
         eos = gguf_value(reader, "tokenizer.ggml.eos_token_id", where, default=None)
@@ -203,14 +230,31 @@ class LlamaConfig:
             rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
             rope_theta=float(get("rope.freq_base", default=10000.0, required=False)),
             rope_scaling=rope,
+            rope_freq_factors=freq_factors,
             tie_word_embeddings="output.weight" not in tensor_names,
             max_position_embeddings=int(get("context_length", default=2048, required=False)),
-            attention_bias="blk.0.attn_q.bias" in tensor_names,
+            attention_bias="blk.0.attn_output.bias" in tensor_names,
+            qkv_bias="blk.0.attn_q.bias" in tensor_names and "blk.0.attn_output.bias" not in tensor_names,
             mlp_bias="blk.0.ffn_up.bias" in tensor_names,
             bos_token_id=None if bos is None else int(bos),
             eos_token_id=None if eos is None else int(eos),
             **overrides,
         )
+
+
+def _qwen2_window(d: Mapping[str, Any], where: str) -> int | None:
+    """Qwen2's window: only with use_sliding_window, and only on the layers layer_types marks (by default
+    those from max_window_layers on). A window on some layers but not others is not implemented."""
+    if not d.get("use_sliding_window") or d.get("sliding_window") is None:
+        return None
+    n = int(d["num_hidden_layers"])
+    types = d.get("layer_types") or ["sliding_attention" if i >= d.get("max_window_layers", 28) else "full_attention"
+                                     for i in range(n)]
+    windowed = sum(t == "sliding_attention" for t in types)
+    if 0 < windowed < n:
+        raise ConfigError(f"{where}: a sliding window on {windowed} of {n} layers (use_sliding_window with "
+                          f"max_window_layers / layer_types) is not supported; only on all layers or none")
+    return int(d["sliding_window"]) if windowed else None
 
 
 def llama2_7b(**overrides) -> LlamaConfig:

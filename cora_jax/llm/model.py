@@ -102,11 +102,12 @@ class RMSNorm(nnx.Module):
         self.eps = cfg.rms_norm_eps
         self.dtype = cfg.compute_dtype
 
-    def __call__(self, x_btd: jax.Array) -> jax.Array:
+    def __call__(self, x_btd: jax.Array, dtype=None) -> jax.Array:
         # HF computes the statistics in float32 and casts back before the weight multiply.
+        dtype = self.dtype if dtype is None else dtype
         x32 = x_btd.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...].astype(self.dtype) * x32.astype(self.dtype)
+        return self.weight[...].astype(dtype) * x32.astype(dtype)
 
 
 class Embed(nnx.Module):
@@ -126,6 +127,8 @@ def rope_inv_freq(cfg: LlamaConfig, max_pos: jax.Array | None = None) -> tuple[j
     dim, base = cfg.head_dim, cfg.rope_theta
     exponent = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
     inv = (1.0 / (np.float32(base) ** exponent)).astype(np.float32)
+    if cfg.rope_freq_factors is not None:  # llama.cpp's form of llama3 scaling (GGUF rope_freqs)
+        inv = (inv / np.asarray(cfg.rope_freq_factors, np.float32)).astype(np.float32)
     rs = cfg.rope_scaling
     if rs is None:
         return jnp.asarray(inv), 1.0
@@ -159,11 +162,12 @@ def _rotate(x_bthd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array) -> jax.Ar
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
         d, hd = cfg.hidden_size, cfg.head_dim
-        kw = dict(cfg=cfg, use_bias=cfg.attention_bias, stack=stack, rngs=rngs)
-        self.q_proj = Linear(d, cfg.num_attention_heads * hd, axes=("embed", "q_heads"), **kw)
-        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), **kw)
-        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), **kw)
-        self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), **kw)
+        kw = dict(cfg=cfg, stack=stack, rngs=rngs)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        self.q_proj = Linear(d, cfg.num_attention_heads * hd, axes=("embed", "q_heads"), use_bias=qkv_bias, **kw)
+        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
+        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
+        self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), use_bias=cfg.attention_bias, **kw)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
         self.dtype = cfg.compute_dtype
 
@@ -326,7 +330,12 @@ class Llama(nnx.Module):
         ang = pos.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
         ang = jnp.concatenate([ang, ang], axis=-1)
         cos, sin = (jnp.cos(ang) * att_scale).astype(dt), (jnp.sin(ang) * att_scale).astype(dt)
-        causal = jnp.tril(jnp.ones((T, T), bool))
+        q_idx, k_idx = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+        causal = k_idx <= q_idx
+        if cfg.sliding_window is not None:
+            # transformers' convention: key j is seen from query i iff i - window < j <= i. Counted in
+            # sequence indices, which equal positions here: a row's real tokens are contiguous.
+            causal &= k_idx > q_idx - cfg.sliding_window
         allowed = causal[None, None] & (mask[:, None, None, :] > 0)
         bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)  # [B, 1, T, S]
 
@@ -370,12 +379,12 @@ class Llama(nnx.Module):
         return per_layer, shared, a_keys, dict(delta.b)
 
     def _head_rows(self, ids_k: jax.Array) -> jax.Array:
-        """LM-head rows [K, D] of the given vocabulary ids only."""
+        """LM-head rows [K, D] of the given vocabulary ids only, in float32."""
         if self.lm_head is None:
             w = jnp.take(self.model.embed_tokens.embedding[...], ids_k, axis=0)
         else:
             w = jnp.take(self.lm_head.kernel[...], ids_k, axis=1).T
-        return w.astype(self.config.compute_dtype)
+        return w.astype(jnp.float32)
 
     # ------------------------------------------------------------------------------ public
     def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None, delta: LowRankDelta | None = None,
@@ -406,7 +415,9 @@ class Llama(nnx.Module):
               dropout_rng: jax.Array | None = None) -> jax.Array:
         """Logits [B, K] float32 of answer_ids (int [K]) at each row's last real position.
 
-        Only K rows of the LM head are used; the full-vocabulary head is never computed.
+        Only K rows of the LM head are used; the full-vocabulary head is never computed. The final norm
+        and this dot product run in float32 whatever the compute dtype: in bfloat16 the scores would be
+        rounded to 8 mantissa bits, and rows would tie in the AUC.
         """
         h = self._hidden(input_ids, attention_mask, delta, input_embeds, dropout_rng)
         B, T, _ = h.shape
@@ -415,9 +426,9 @@ class Llama(nnx.Module):
         else:
             last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(T)[None], 0), axis=-1)
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)  # [B, 1, D]
-        h_last = self.model.norm(h_last)[:, 0]
+        h_last = self.model.norm(h_last, dtype=jnp.float32)[:, 0]
         rows = self._head_rows(jnp.asarray(answer_ids, jnp.int32).reshape(-1))
-        return jnp.einsum("bd,kd->bk", h_last, rows).astype(jnp.float32)
+        return jnp.einsum("bd,kd->bk", h_last, rows, precision=jax.lax.Precision.HIGHEST)
 
 
 def abstract_llama(cfg: LlamaConfig) -> nnx.State:

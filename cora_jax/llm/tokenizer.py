@@ -1,6 +1,6 @@
 """Tokenizers: from an HF directory (AutoTokenizer, never trust_remote_code) or rebuilt from GGUF
-metadata (byte-level BPE with `tokenizers`); BOS prepended as the reference does; left-padded
-batches and length bucketing for scoring."""
+metadata (byte-level BPE with `tokenizers`); BOS prepended as the reference does, where the model has
+one; left-padded batches and length bucketing for scoring."""
 from __future__ import annotations
 
 import pathlib
@@ -14,11 +14,15 @@ from .config import ConfigError
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2: Llama-3's regex with single digits
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_SPLITS = {
     # SmolLM2: every digit on its own first (HF: Digits(individual_digits=True)), then GPT-2's regex
     "smollm": (r"\p{N}", _GPT2_SPLIT),
     "gpt2": (_GPT2_SPLIT,), "default": (_GPT2_SPLIT,),
     "llama-bpe": (_LLAMA3_SPLIT,), "llama3": (_LLAMA3_SPLIT,), "llama-v3": (_LLAMA3_SPLIT,),
+    "qwen2": (_QWEN2_SPLIT,),
 }
 _CONTROL = 3  # GGUF token_type of control (special) tokens
 
@@ -27,11 +31,12 @@ class Tokenizer:
     """Text -> ids with BOS prepended; answer-token lookup; left-padded batches."""
 
     def __init__(self, encode_many: Callable[[list[str]], list[list[int]]], *, bos_id: int | None,
-                 pad_id: int, id_to_token: Callable[[int], str], source: str):
+                 pad_id: int, id_to_token: Callable[[int], str], decode: Callable[[list[int]], str], source: str):
         self._encode_many = encode_many  # texts -> ids without special tokens
         self.bos_id = bos_id
         self.pad_id = pad_id
         self.id_to_token = id_to_token
+        self.decode = decode  # ids -> text
         self.source = source
 
     # ----------------------------------------------------------------------- constructors
@@ -51,7 +56,7 @@ class Tokenizer:
 
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         return cls(encode_many, bos_id=tok.bos_token_id, pad_id=pad,
-                   id_to_token=tok.convert_ids_to_tokens, source=str(root))
+                   id_to_token=tok.convert_ids_to_tokens, decode=tok.decode, source=str(root))
 
     @classmethod
     def from_gguf(cls, path) -> "Tokenizer":
@@ -89,8 +94,10 @@ class Tokenizer:
         bos = gguf_value(reader, "tokenizer.ggml.bos_token_id", where, default=None)
         eos = gguf_value(reader, "tokenizer.ggml.eos_token_id", where, default=0)
         pad = gguf_value(reader, "tokenizer.ggml.padding_token_id", where, default=eos)
+        if gguf_value(reader, "general.architecture", where, default=None) == "qwen2":
+            bos = None  # Qwen2 has no BOS (HF bos_token null); llama.cpp writes config.json's <|endoftext|> id here
         return cls(encode_many, bos_id=None if bos is None else int(bos), pad_id=int(pad),
-                   id_to_token=lambda i: tokens[i], source=where)
+                   id_to_token=lambda i: tokens[i], decode=backend.decode, source=where)
 
     # ---------------------------------------------------------------------------- encoding
     def encode(self, text: str) -> list[int]:
@@ -138,14 +145,22 @@ class Tokenizer:
         return ids_out, slots_out
 
     def answer_token_id(self, answer: str = "Yes", prompt: str = "#Answer:") -> int:
-        """The token the model emits first after `prompt` when answering `answer`
-        (" Yes" for byte-level BPE, "▁Yes" for LLaMA's sentencepiece), found by tokenising
-        prompt + " " + answer rather than hard-coding an id."""
-        base, full = self._encode_many([prompt, f"{prompt} {answer}"])
+        """The token the model emits first after `prompt` when answering `answer`, found by tokenising
+        prompt + answer with the model's own tokenizer. The answer follows a space unless the prompt ends
+        in whitespace, so the token is " Yes" for byte-level BPE (Llama-3, Qwen2, SmolLM2) and "▁Yes"
+        for sentencepiece (Llama-2, Mistral), never the space-less "Yes" that a byte-level BPE gives
+        for the answer tokenised alone."""
+        text = prompt + ("" if prompt[-1:].isspace() else " ") + answer
+        base, full = self._encode_many([prompt, text])
         if full[:len(base)] != base or len(full) == len(base):
-            raise ValueError(f"tokenising {prompt!r} + {answer!r} does not extend the prompt's tokens; "
-                             f"cannot tell which token answers {answer!r}")
-        return int(full[len(base)])
+            raise ConfigError(f"{self.source}: tokenising {text!r} does not extend the tokens of {prompt!r}; "
+                              f"cannot tell which token answers {answer!r}")
+        first = full[len(base)]
+        piece = self.decode([first]).strip()
+        if not piece or not answer.startswith(piece):  # e.g. a tokenizer that makes the space a token of its own
+            raise ConfigError(f"{self.source}: the first token after {prompt!r} in {text!r} is "
+                              f"{self.id_to_token(first)!r}, which does not begin {answer!r}")
+        return int(first)
 
     def batch(self, texts: Sequence[str], *, max_len: int | None = None,
               pad_multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -19,11 +19,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from cora_jax.errors import CoraError
+
 from .config import ConfigError, LlamaConfig
 from .model import Llama
 
 
-class WeightError(ValueError):
+class WeightError(CoraError, ValueError):
     """A checkpoint that does not match the model: names the tensor and the file."""
 
 
@@ -126,7 +128,8 @@ def _fill(model: Llama, tensors: Iterator[tuple[str, str, Callable[[], np.ndarra
     if missing:
         files = sorted(set(seen.values())) or ["(no file)"]
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise WeightError(f"{', '.join(files)}: missing tensor(s) {missing[:5]}{more}")
+        raise WeightError(f"{', '.join(files)}: missing tensor(s) {missing[:5]}{more}: the weights do not match "
+                          f"the config; download or convert the model again")
     vars_by_path = {s.path: s.var for s in slots.values()}
     for path, buf in buffers.items():
         var = vars_by_path[path]
@@ -153,14 +156,15 @@ def _safetensors_tensors(path: pathlib.Path):
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise WeightError(f"{path}: truncated safetensors file (no header)")
+            raise WeightError(f"{path}: truncated safetensors file (no header): download or convert the model again")
         n = int.from_bytes(head, "little")
         if n > size - 8:
-            raise WeightError(f"{path}: truncated safetensors file (header of {n} bytes, file of {size})")
+            raise WeightError(f"{path}: truncated safetensors file (header of {n} bytes, file of {size}): "
+                              f"download or convert the model again")
         try:
             header = json.loads(f.read(n))
         except json.JSONDecodeError as e:
-            raise WeightError(f"{path}: corrupt safetensors header ({e.msg})") from e
+            raise WeightError(f"{path}: corrupt safetensors header ({e.msg}): download or convert the model again") from e
     header.pop("__metadata__", None)
     base = 8 + n
     out = []
@@ -171,7 +175,8 @@ def _safetensors_tensors(path: pathlib.Path):
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if base + end > size:
-            raise WeightError(f"{path}: tensor {name!r} is truncated (needs bytes up to {base + end}, file has {size})")
+            raise WeightError(f"{path}: tensor {name!r} is truncated (needs bytes up to {base + end}, file has {size}): "
+                              f"download or convert the model again")
         if end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
             raise WeightError(f"{path}: tensor {name!r} byte range disagrees with its shape {shape}")
 
@@ -198,20 +203,21 @@ def _hf_files(root: pathlib.Path) -> list[pathlib.Path]:
         return single
     if list(root.glob("*.bin")) or list(root.glob("*.pt")) or list(root.glob("*.pth")):
         raise WeightError(
-            f"{root}: holds only pickled PyTorch weights (.bin/.pt), which are not loaded (unsafe, needs torch). "
-            f"Convert once with: python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"{root}: holds only pickled PyTorch weights (.bin/.pt), which are not loaded (unsafe, needs torch): "
+            f"convert them once with: python -c \"from transformers import AutoModelForCausalLM as M; "
             f"M.from_pretrained('{root}').save_pretrained('{root}-safetensors', safe_serialization=True)\"")
-    raise WeightError(f"{root}: no model.safetensors, *.safetensors or model.safetensors.index.json")
+    raise WeightError(f"{root}: no model.safetensors, *.safetensors or model.safetensors.index.json: "
+                      f"give an HF model folder (config.json + safetensors) or a .gguf file")
 
 
 def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = True,
                 sharding_of: ShardingOf | None = None) -> Llama:
     root = pathlib.Path(root)
+    files = _hf_files(root)  # first: a folder of pickled weights has a better message than its missing config.json
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
-        raise WeightError(f"{root}: no config.json")
+        raise WeightError(f"{root}: no config.json: copy the model's config.json beside its weights")
     cfg = LlamaConfig.from_hf_json(cfg_path, **(config_overrides or {}))
-    files = _hf_files(root)
     model = _empty_model(cfg)
     tensors = [t for f in files for t in _safetensors_tensors(f)]
     # a tied model may still carry a copy of the head; it is the embedding and is not needed
@@ -226,11 +232,11 @@ def gguf_reader(path):
 
     path = pathlib.Path(path)
     if not path.is_file():
-        raise WeightError(f"{path}: no such GGUF file")
+        raise WeightError(f"{path}: no such GGUF file: check the path")
     try:
         return gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError, KeyError) as e:
-        raise WeightError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
+        raise WeightError(f"{path}: not a readable GGUF file, truncated or corrupt ({e}): download it again") from e
 
 
 def gguf_value(reader, key: str, where: str, default=...):
@@ -250,23 +256,27 @@ def _unpermute(w_oi: np.ndarray, n_head: int) -> np.ndarray:
     return w_oi.reshape(n_head, out // n_head // 2, 2, *w_oi.shape[1:]).swapaxes(1, 2).reshape(w_oi.shape)
 
 
-def _gguf_tensors(reader, cfg: LlamaConfig, path: pathlib.Path):
+def _gguf_tensors(reader, cfg: LlamaConfig, path: pathlib.Path, unpermute: bool):
+    """unpermute: undo llama.cpp's q/k row permutation (arch llama; qwen2 keeps HF's rotary layout)."""
     import gguf
 
     size = os.path.getsize(path)
     out = []
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":  # read into the config (rope_freq_factors)
+            continue
         m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", t.name)
         if m and m.group(2) in _GGUF_LAYER:
             hf = f"model.layers.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}.{m.group(3)}"
         elif t.name in _GGUF_TOP:
             hf = _GGUF_TOP[t.name]
         else:
-            raise WeightError(f"{path}: unexpected tensor {t.name!r} (not part of a plain Llama model)")
+            raise WeightError(f"{path}: unexpected tensor {t.name!r} (not part of a plain Llama or Qwen2 model)")
         shape = tuple(int(s) for s in reversed(t.shape))  # GGML lists ne0 (the row length) first
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
             raise WeightError(f"{path}: tensor {t.name!r} is truncated")
-        n_heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}.get(m.group(2) if m else "")
+        heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+        n_heads = heads.get(m.group(2)) if m and unpermute else None
 
         def load(t=t, shape=shape, n_heads=n_heads):
             try:
@@ -285,7 +295,8 @@ def load_gguf(path, *, config_overrides: dict | None = None, progress: bool = Tr
     reader = gguf_reader(path)
     cfg = LlamaConfig.from_gguf(reader, **(config_overrides or {}))
     model = _empty_model(cfg)
-    tensors = _gguf_tensors(reader, cfg, path)
+    unpermute = gguf_value(reader, "general.architecture", str(path)) == "llama"
+    tensors = _gguf_tensors(reader, cfg, path, unpermute)
     _fill(model, iter(tensors), len(tensors), progress=progress, sharding_of=sharding_of)
     return model
 

@@ -1,28 +1,76 @@
-"""Orbax checkpoints of a training run: one CheckpointManager, each step a Composite of
-StandardSave(state) + JsonSave(meta), keeping the latest and the best (by valid AUC) step.
+"""Orbax checkpoints of a training run: one CheckpointManager, each step a Composite of three items,
+keeping the latest and the best (by valid AUC) step:
 
-`state` is a pytree of arrays (trainable parameters, optimiser-state leaves, RNG key data);
-`meta` is JSON (step, data-order position, early-stopping counters, the run's config). The config
-stored in meta is compared with the requested one *before* any array is restored, so a checkpoint
-written by another configuration is refused with a list of the differing fields, never partially
-loaded.
+    params     StandardSave: the trainable parameters (all that scoring and a frozen-LoRA load read)
+    opt_state  StandardSave: what only resuming needs (optimiser-state leaves, RNG key data)
+    meta       JsonSave: step, data-order position, early-stopping counters, the run's config
+    (metrics   written by Orbax: valid AUC and step, so that a reopened manager still prunes by them)
+
+Runs written before the split hold one item `state` ({"params", "opt", "rng"}); they are still
+read: scoring restores only its "params", resuming all of it.
+
+The config stored in meta is compared with the requested one *before* any array is restored, so a
+checkpoint written by another configuration is refused with a list of the differing fields, never
+partially loaded. A checkpoint whose files are missing, truncated or corrupt raises
+CheckpointReadError (one line: the step, the file, why); its data files are checked against the
+OCDBT index before Orbax reads them, so the usual damage is reported without Orbax's noise.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import pathlib
-from typing import Any, Callable
+import re
+import shutil
+import sys
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from cora_jax.errors import CoraError
+
 METRIC = "valid_auc"
+PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
+LEGACY_STATE = "state"  # the one array item of runs written before params and optimiser state were split
+SET_ASIDE = "unreadable-checkpoints"  # run_dir/SET_ASIDE/<step>: unreadable checkpoints a resume skipped
+# free space a save needs beyond its arrays' bytes: Orbax's metadata, and filesystem blocks
+SPACE_FACTOR, SPACE_MARGIN = 1.05, 16 << 20
+T = TypeVar("T")
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(CoraError, ValueError):
     """The run directory holds checkpoints of a different configuration."""
+
+
+class CheckpointReadError(CoraError):
+    """A checkpoint with a missing, truncated or corrupt file."""
+
+    def __init__(self, step: int, file: str, why: str):
+        self.step, self.file, self.why = step, file, why
+        super().__init__(f"checkpoint step {step} is unreadable ({file}: {why})")
+
+
+class NoIntactCheckpointError(CoraError):
+    """Every checkpoint of a run is unreadable."""
+
+
+class DiskSpaceError(CoraError):
+    """The checkpoint folder's disk cannot hold the next checkpoint."""
+
+
+def free_space(path: pathlib.Path) -> int:
+    """Bytes free on the disk holding path."""
+    return shutil.disk_usage(path).free
+
+
+def _rank(metrics: dict) -> tuple[float, int]:
+    # Ties rank the earlier step higher: early stopping only moves "best" on a strict improvement.
+    return metrics[METRIC], -metrics["step"]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,36 +95,94 @@ def config_diff(saved: dict, requested: dict, ignore: tuple[str, ...] = ()) -> l
 
 
 class RunCheckpoints:
-    """Latest + best checkpoints under run_dir/checkpoints (step-numbered subfolders)."""
+    """Latest + best checkpoints under run_dir/checkpoints (step-numbered subfolders).
+    writable=False only reads: it neither creates the folder nor clears a killed save's leftovers."""
 
-    def __init__(self, run_dir: str | pathlib.Path, *, async_save: bool = True):
+    def __init__(self, run_dir: str | pathlib.Path, *, async_save: bool = True, writable: bool = True):
         self.directory = pathlib.Path(run_dir).absolute() / "checkpoints"
-        policy = AnyPreservationPolicy([
-            LatestN(n=1),
-            # Ties keep the earlier step: early stopping only moves "best" on a strict improvement.
-            BestN(get_metric_fn=lambda m: (m[METRIC], -m["step"]), reverse=False, n=1),
-        ])
+        policy = AnyPreservationPolicy([LatestN(n=1), BestN(get_metric_fn=_rank, reverse=False, n=1)])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+            preservation_policy=policy, enable_async_checkpointing=async_save, create=writable,
+            cleanup_tmp_directories=writable,
+            # best_fn makes Orbax write each step's metrics: without them a manager reopened by a resume
+            # sees steps without metrics, which BestN keeps forever (steps 1 and 4 both kept, ...).
+            best_fn=_rank,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """All steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
     def best_step(self) -> int | None:
-        """The best step as recorded by the training loop in the latest meta (the manager's own
-        best_step ignores the preservation policy)."""
+        """The best step as recorded by the training loop in the latest meta."""
         latest = self.latest_step()
         return None if latest is None else self.read_meta(latest).get("best_step")
 
-    def save(self, step: int, state: Any, meta: dict, valid_auc: float) -> None:
-        """Queue an (async) save of step; preservation keeps only the latest and the best."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict, valid_auc: float) -> None:
+        """Queue an (async) save of step; preservation keeps only the latest and the best. Raises
+        DiskSpaceError, before writing anything, when the disk cannot hold it."""
+        self.manager.wait_until_finished()  # the previous save's bytes are on disk and its pruning done
+        need = int(SPACE_FACTOR * sum(x.nbytes for x in jax.tree.leaves((params, opt_state)))) + SPACE_MARGIN
+        free = free_space(self.directory)
+        fits = free >= need
+        if jax.process_count() > 1:  # every process writes its shards: all stop if one cannot
+            fits = bool(np.all(multihost_utils.process_allgather(np.bool_(fits))))
+        if not fits:
+            kept = ", ".join(map(str, sorted(self.manager.all_steps()))) or "none"
+            raise DiskSpaceError(
+                f"not enough disk space to save checkpoint step {step} in {self.directory}: it needs about "
+                f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free; the checkpoints written so far (steps {kept}) "
+                "are intact: free some space and rerun the same command to resume"
+            )
+        args = ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params), OPT_STATE: ocp.args.StandardSave(opt_state),
+                                     META: ocp.args.JsonSave(meta)})
         self.manager.save(step, args=args, metrics={METRIC: float(valid_auc), "step": int(step)})
 
     def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self._read(step, (META,), lambda: self.manager.restore(
+            step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
+
+    def verify(self, step: int) -> None:
+        """Raise CheckpointReadError when a data file of step is missing or shorter than its index says."""
+        self._read(step, self._array_items(step), lambda: None)
+
+    def newest_intact(self, read: Callable[[int], T], below: int | None = None,
+                      skipped: list[CheckpointReadError] = ()) -> tuple[int, T, list[CheckpointReadError]]:
+        """(step, read(step), the errors of the newer steps skipped, after `skipped`) for the newest
+        step (<= below) that read() does not find unreadable; NoIntactCheckpointError when there is none."""
+        skipped = list(skipped)
+        for step in self.steps():
+            if below is not None and step > below:
+                continue
+            try:
+                return step, read(step), skipped
+            except CheckpointReadError as err:
+                skipped.append(err)
+        raise NoIntactCheckpointError(
+            f"no checkpoint of {self.directory.parent} can be read ({'; '.join(map(str, skipped)) or 'there are none'}): "
+            f"start over with a new --out folder, or move {self.directory} away and rerun the same command"
+        )
+
+    def set_aside(self, steps: list[int]) -> list[pathlib.Path]:
+        """Move the step folders out of the manager's sight (a resume from an older step rewrites those
+        steps) into run_dir/SET_ASIDE, kept for inspection; returns where they went. Process 0 moves."""
+        aside = self.directory.parent / SET_ASIDE
+        dests = []
+        for step in steps:
+            dest, n = aside / str(step), 1
+            while dest.exists():
+                dest, n = aside / f"{step}.{n}", n + 1
+            dests.append(dest)
+            if jax.process_index() == 0:
+                aside.mkdir(exist_ok=True)
+                (self.directory / str(step)).rename(dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("cora: unreadable checkpoints set aside")
+        return dests
 
     def check_config(self, step: int, config: dict, ignore: tuple[str, ...] = (),
                      normalize: Callable[[dict], dict] = lambda d: d) -> dict:
@@ -86,24 +192,57 @@ class RunCheckpoints:
         diff = config_diff(normalize(meta.get("config", {})), config, ignore)
         if diff:
             raise ConfigMismatchError(
-                f"{self.directory}/{step} was written by a different configuration; refusing to resume.\n  "
-                + "\n  ".join(diff)
-                + "\nUse a new --out directory, or rerun with the checkpoint's settings."
+                f"refusing to resume a run of another configuration ({self.directory}/{step}: {'; '.join(diff)}): "
+                "use a new --out folder, or rerun with the checkpoint's settings"
             )
         return meta
 
-    def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-        """(state, meta) of step; `template` is a pytree of the same structure. Its jax.Array /
-        ShapeDtypeStruct leaves give the target shardings (each array is read straight into its
-        shards, whatever mesh saved it); other leaves (numpy) give only shape and dtype."""
-        abstract = jax.tree.map(_abstract, template)
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
-        return out["state"], out["meta"]
+    def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
+        """(params, opt_state, meta) of step, for resuming; `params` / `opt_state` are pytrees of the
+        saved structure. Their jax.Array / ShapeDtypeStruct leaves give the target shardings (each
+        array is read straight into its shards, whatever mesh saved it); other leaves (numpy) give
+        only shape and dtype."""
+        if self._legacy(step):
+            out = self._read(step, (LEGACY_STATE, META), lambda: self.manager.restore(step, args=ocp.args.Composite(**{
+                LEGACY_STATE: _legacy_restore({"params": params, **opt_state}), META: ocp.args.JsonRestore()})))
+            state = out[LEGACY_STATE]
+            return state.pop("params"), state, out[META]
+        out = self._read(step, (PARAMS, OPT_STATE, META), lambda: self.manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(_abstract_tree(params)),
+            OPT_STATE: ocp.args.StandardRestore(_abstract_tree(opt_state)), META: ocp.args.JsonRestore()})))
+        return out[PARAMS], out[OPT_STATE], out[META]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_params(self, step: int, params: Any) -> Any:
+        """The trainable parameters of step alone (the optimiser state is not read); `params` as in restore."""
+        if self._legacy(step):
+            return self._read(step, (LEGACY_STATE,), lambda: self.manager.restore(step, args=ocp.args.Composite(**{
+                LEGACY_STATE: _legacy_restore({"params": params}, partial=True)}))[LEGACY_STATE]["params"])
+        return self._read(step, (PARAMS,), lambda: self.manager.restore(
+            step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(_abstract_tree(params))}))[PARAMS])
+
+    def _legacy(self, step: int) -> bool:
+        return (self.directory / str(step) / LEGACY_STATE).is_dir()
+
+    def _array_items(self, step: int) -> tuple[str, ...]:
+        return (LEGACY_STATE,) if self._legacy(step) else (PARAMS, OPT_STATE)
+
+    def _read(self, step: int, items: tuple[str, ...], read: Callable[[], T]) -> T:
+        """read() of `items` of step, their data files checked first; an unreadable file raises
+        CheckpointReadError naming it (other errors, e.g. a template of another structure, pass)."""
+        step_dir = self.directory / str(step)
+        try:
+            for item in items:
+                damage = _damaged_file(step_dir / item)
+                if damage:
+                    raise CheckpointReadError(step, *damage)
+            return read()
+        except CheckpointReadError:
+            raise
+        except Exception as err:
+            if not _unreadable(err):
+                raise
+            _quiet_orphaned_reads()
+            raise CheckpointReadError(step, *_describe(err, step_dir, items)) from None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -114,6 +253,145 @@ def _abstract(a: Any) -> jax.ShapeDtypeStruct:
     if isinstance(a, jax.ShapeDtypeStruct):
         return a
     return jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=a.sharding if isinstance(a, jax.Array) else None)
+
+
+def _abstract_tree(tree: Any) -> Any:
+    return jax.tree.map(_abstract, tree)
+
+
+def _legacy_restore(template: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore args of the `state` item for a template of (with partial, part of) its tree: PyTree
+    args, which unlike Standard ones can leave the optimiser leaves unread."""
+    abstract = _abstract_tree(template)
+    return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=partial)
+
+
+# "<kind>:<base path>:<relative path>:<offset>:<length>": where an OCDBT index puts a node or a value
+_LOCATION = re.compile(r"(value|btreenode|versionnode):([^:]*):([^:]*):(\d+):(\d+)")
+
+
+def _locations(tree: Any, key: bytes | None = None):
+    """(key, location match) of every location in a dumped OCDBT node; key: the entry's, for values."""
+    if isinstance(tree, str):
+        match = _LOCATION.fullmatch(tree)
+        if match:
+            yield key, match
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _locations(v, tree.get("key"))
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _locations(v)
+
+
+class _UnreadableIndex(Exception):
+    """A node of an OCDBT index (its manifest or a tree node) that cannot be decoded."""
+
+    def __init__(self, file: pathlib.Path, why: str):
+        self.file, self.why = str(file), why
+        super().__init__(f"{file}: {why}")
+
+
+def _indexed_files(item_dir: pathlib.Path):
+    """(key, file, bytes the file must have) of each tree node (key None) and stored value that the
+    OCDBT database in item_dir indexes, parents before children. Reads only the index; a node that
+    does not decode raises _UnreadableIndex."""
+    kv = ts.KvStore.open({"driver": "file", "path": f"{item_dir}/"}).result()
+    pending: list[tuple[str | None, pathlib.Path]] = [(None, item_dir / "manifest.ocdbt")]  # None: the manifest
+    while pending:
+        loc, file = pending.pop()
+        try:
+            node = ts.ocdbt.dump(kv, loc).result()
+        except ValueError as err:
+            raise _UnreadableIndex(file, _why(err)) from None
+        for key, match in _locations(node):
+            kind, base, rel, offset, length = match.groups()
+            yield key, item_dir / base / rel, int(offset) + int(length)
+            if kind != "value":
+                pending.append((match.group(0), item_dir / base / rel))
+
+
+def _damaged_file(item_dir: pathlib.Path) -> tuple[str, str] | None:
+    """(file, why) of the first file that the OCDBT database in item_dir indexes but that is missing,
+    shorter than the index says or (an index node) undecodable; None when all are fine (or item_dir
+    holds no such database)."""
+    if not (item_dir / "manifest.ocdbt").is_file():
+        return None if item_dir.is_dir() else (str(item_dir), "missing")
+    try:
+        for _, path, need in _indexed_files(item_dir):
+            if not path.is_file():
+                return str(path), "missing"
+            if path.stat().st_size < need:
+                return str(path), f"truncated to {path.stat().st_size} bytes, its index needs {need}"
+    except _UnreadableIndex as err:
+        return err.file, err.why
+    return None
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _unreadable(err: BaseException) -> bool:
+    """Whether err says a file could not be read or decoded: an OS error, bad JSON, or a TensorStore
+    status ("DATA_LOSS: ...", "NOT_FOUND: ...") anywhere in its chain."""
+    return any(isinstance(e, (OSError, json.JSONDecodeError)) or re.match(r"[A-Z][A-Z_]+: ", str(e))
+               for e in _chain(err))
+
+
+def _describe(err: BaseException, step_dir: pathlib.Path, items: tuple[str, ...]) -> tuple[str, str]:
+    """(file, why) of an unreadable checkpoint: the most specific file the errors name (the data file
+    of the array value TensorStore failed on; else the items' folders), and the innermost error's
+    first line, without TensorStore's spec and the paths already named."""
+    errors = list(_chain(err))
+    file = None
+    for e in errors:
+        text = str(e)
+        names = re.findall(r'local file "([^"]+)"', text) or re.findall(r"(/[^\s\"']+?)\.?$", text.split("\n")[0])
+        file = getattr(e, "filename", None) or (names[-1] if names else None) or file
+        value = re.search(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
+        if value:
+            file = _value_file(pathlib.Path(value.group(2)), value.group(1).encode()) or file
+    return file or ", ".join(str(step_dir / i) for i in items), _why(errors[-1])
+
+
+def _why(err: BaseException) -> str:
+    """err's first line, without TensorStore's spec and the paths it names (said beside it)."""
+    why = str(err).split(" [tensorstore_spec=")[0].split("\n")[0]
+    if 'local file "' in why:
+        return why.rsplit('": ', 1)[-1][:300]
+    if not re.match(r"[A-Z][A-Z_]+: ", why):
+        why = f"{type(err).__name__}: {why}" if why else type(err).__name__
+    return why[:300]
+
+
+def _value_file(item_dir: pathlib.Path, key: bytes) -> str | None:
+    """The data file holding `key` in the OCDBT database item_dir, if its index can be read."""
+    try:
+        return next((str(path) for k, path, _ in _indexed_files(item_dir) if k == key), None)
+    except (ValueError, _UnreadableIndex):
+        return None
+
+
+def _quiet_orphaned_reads() -> None:
+    """After a failed restore, Orbax's other reads of the checkpoint end on its closed event loop, each
+    printing an 'Event loop is closed' traceback when collected (hundreds for a large model); the
+    error already said what is wrong, so drop just those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "cora_quiets_orbax", False):
+        return
+
+    def hook(u) -> None:
+        orbax_coroutine = inspect.iscoroutine(u.object) and "/orbax/" in u.object.cr_code.co_filename
+        loop_closed = isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)
+        if not (orbax_coroutine or loop_closed):
+            previous(u)
+
+    hook.cora_quiets_orbax = True
+    sys.unraisablehook = hook
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from cora_jax.baselines import MethodConfig
 from cora_jax.cora import CoRAConfig
+from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.optim import OptimConfig
 
@@ -41,21 +42,21 @@ class TrainConfig:
     progress: bool = True               # tqdm bars
 
     def validate(self) -> None:
+        """Raises FlagError naming the flag of the first bad field."""
         for name in ("batch_size", "eval_batch_size", "eval_every", "patience", "max_steps", "length_bucket", "max_titles"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise FlagError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.calibrate_rows < 0:
-            raise ValueError(f"TrainConfig.calibrate_rows must be >= 0, got {self.calibrate_rows}")
+            raise FlagError("calibrate_rows", f"must be >= 0, got {self.calibrate_rows}")
         for name in ("train_limit", "valid_limit"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {v}")
+                raise FlagError(name, f"must be >= 1 or None, got {v}")
         if self.llm_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"TrainConfig.llm_dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
-        self.model.validate()
-        self.method.validate()
-        self.optim.validate()
-        self.mesh.validate()
+            raise FlagError("llm_dtype", f"must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
+        for name in ("model", "method", "optim", "mesh"):
+            with flag_prefix(name):
+                getattr(self, name).validate()
 
 
 # Fields that may differ when resuming: budgets, presentation and the device mesh (checkpoints are

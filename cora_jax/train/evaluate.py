@@ -144,14 +144,14 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
     # out: the run's own files (BinLLM codes) wherever it now lives
     cfg = dataclasses.replace(load_run_config(run_dir), out=str(run_dir), progress=progress)
     device_mesh = make_run_mesh(mesh, eval_batch_size=cfg.eval_batch_size)
-    ckpt = RunCheckpoints(run_dir, async_save=False)
+    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
     best = ckpt.best_step()
     ckpt.close()
     if best is None:
         raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
     setup = setup or load_setup(cfg, mesh=device_mesh)
     model = build_model(cfg, setup)
-    graphdef, st = restore_trainable(run_dir, best, model, cfg, device_mesh)
+    graphdef, st = restore_trainable(run_dir, best, model, device_mesh)
     eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, device_mesh), st, device_mesh)
     tag = method_name(cfg, setup.cf.kind if setup.cf is not None else None)
     ours, cf_m, records = score_splits(setup, lambda b: eval_step(st.trainable, st.frozen, b), splits, limit,

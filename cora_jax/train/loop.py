@@ -5,7 +5,7 @@ checkpoints (latest + best) and exact resume.
 Exact resume: everything a step consumes is a function of (step, seed) or of checkpointed state.
 Batch composition comes from `TrainOrder` (a per-pass permutation seeded by (seed, pass)), dropout
 keys are `fold_in(key, step)`, and the trainable parameters + optimiser state + early-stopping
-counters are restored from the latest checkpoint. A run killed at any point and restarted with the
+counters are restored from the newest intact checkpoint (newer unreadable ones are set aside). A run killed at any point and restarted with the
 same config therefore replays the same steps and ends with the same parameters. The restore lands
 every array directly in its shards on the resuming mesh, which may differ from the one that saved.
 """
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 import time
 from functools import partial
 from typing import Callable
@@ -27,6 +28,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from cora_jax.cora import TRAINABLE, CoRA
+from cora_jax.errors import CoraError, flag_prefix
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import RunCheckpoints, write_json
 from cora_jax.train.config import RESUMABLE_FIELDS, TrainConfig, from_dict, to_dict, with_defaults
@@ -37,12 +39,14 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-class SetupError(ValueError):
+class SetupError(CoraError, ValueError):
     """A request that cannot be trained or evaluated (raised before any training step)."""
 
 
 def make_run_mesh(cfg: M.MeshConfig, **batch_sizes: int) -> jax.sharding.Mesh:
     """The device mesh of `cfg`; each named batch size must split evenly over its batch axes."""
+    with flag_prefix("mesh"):
+        cfg.validate()
     try:
         mesh = M.make_mesh(cfg)
     except ValueError as err:
@@ -76,7 +80,8 @@ def load_data(data: str):
 
     path = ensure_ml100k() if data == "ml100k" else pathlib.Path(data)
     if data != "ml100k" and not pathlib.Path(data).is_dir():
-        raise SetupError(f"--data {data!r}: no such folder (give a split folder or 'ml100k')")
+        raise SetupError(f"no such folder (--data {data}): give a split folder "
+                         f"({{train,valid,valid_small,test}}.jsonl.gz) or 'ml100k'")
     return load_dataset(path)
 
 
@@ -85,18 +90,19 @@ def load_frozen_llm(llm: str | None, dtype: str, progress: bool = True, mesh: ja
     from cora_jax.llm import load_llm
 
     if llm is not None and not pathlib.Path(llm).expanduser().exists():
-        raise SetupError(f"--llm {llm!r}: no such file or folder (an HF model dir or a .gguf file; omit for SmolLM2)")
+        raise SetupError(f"no such file or folder (--llm {llm}): give an HF model folder or a .gguf file, "
+                         f"or omit --llm for the embedded SmolLM2-135M")
     sharding_of = None if mesh is None else M.param_sharding_of(mesh)
     return load_llm(llm, dtype=jnp.dtype(dtype), progress=progress, sharding_of=sharding_of)
 
 
-def check_cf_matches(cf, ds, cf_path: str) -> None:
+def check_cf_matches(cf, ds, cf_path: str, data: str = "<this data>") -> None:
     """The CF checkpoint must have been trained on this dataset's id space."""
     if (cf.user_num, cf.item_num) != (ds.user_num, ds.item_num):
         raise SetupError(
-            f"CF checkpoint {cf_path} was trained on an id space of {cf.user_num} users x {cf.item_num} items, "
-            f"but the dataset has {ds.user_num} x {ds.item_num}: it belongs to another dataset "
-            f"(train one with: python train.py cf train --data <this data> --out <dir>)"
+            f"the CF checkpoint belongs to another dataset: its id space is {cf.user_num} users x {cf.item_num} "
+            f"items, the data's {ds.user_num} x {ds.item_num} (--cf {cf_path}): train one on this data with: "
+            f"python train.py cf train --data {data} --out <dir>"
         )
 
 
@@ -113,11 +119,11 @@ def load_setup(cfg: TrainConfig, *, need_cf: bool | None = None, mesh: jax.shard
     if need_cf:
         if not (pathlib.Path(cfg.cf) / "config.json").is_file():
             raise SetupError(
-                f"--cf {cfg.cf!r} is not a CF run directory (no config.json); "
+                f"not a CF run directory (--cf {cfg.cf}: no config.json): "
                 f"train one with: python train.py cf train --data {cfg.data} --out {cfg.cf}"
             )
         cf = load_cf(cfg.cf)
-        check_cf_matches(cf, ds, cfg.cf)
+        check_cf_matches(cf, ds, cfg.cf, cfg.data)
         if cfg.model.cf_dim is not None and cfg.model.cf_dim != cf.dim:
             raise SetupError(f"model.cf_dim = {cfg.model.cf_dim} but the CF checkpoint {cfg.cf} has dim {cf.dim}")
     llm, tok = load_frozen_llm(cfg.llm, cfg.llm_dtype, cfg.progress, mesh)
@@ -165,11 +171,13 @@ def binllm_features(cfg: TrainConfig, ds, cf) -> Callable[[int, int], tuple[str,
     return lambda uid, iid: (codes.user_text(uid, fmt), codes.item_text(iid, fmt))
 
 
-def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
-    """The TrainConfig a run was trained with (RUN/config.json)."""
+def load_run_config(run_dir: pathlib.Path, flag: str = "--run") -> TrainConfig:
+    """The TrainConfig a run was trained with (RUN/config.json); `flag` names where run_dir came from."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise SetupError(f"{run_dir} is not a training run directory (no {CONFIG_FILE}); train one with python train.py cora")
+        why = f"no {CONFIG_FILE}" if run_dir.is_dir() else "no such folder"
+        raise SetupError(f"not a training run directory ({flag} {run_dir}: {why}): "
+                         f"give the --out folder of a python train.py cora run")
     return from_dict(TrainConfig, json.loads(path.read_text()), str(path))
 
 
@@ -340,13 +348,13 @@ def load_frozen_lora(mc, setup: Setup) -> dict:
 
     run_dir = mc.lora_from
     run = pathlib.Path(run_dir)
-    src = load_run_config(run)
+    src = load_run_config(run, "--method.lora-from")
     if src.method.kind == "cora" or src.method.lora_from is not None:
         raise SetupError(f"method.lora_from {run_dir!r}: that run ({src.method.kind}"
                          f"{', itself with a frozen LoRA' if src.method.lora_from else ''}) trained no LoRA of its own")
     if src.method.lora != mc.lora:
         raise SetupError(f"method.lora_from {run_dir!r} trained a LoRA {src.method.lora}, but this run asks for {mc.lora}")
-    ckpt = RunCheckpoints(run, async_save=False)
+    ckpt = RunCheckpoints(run, async_save=False, writable=False)
     best = ckpt.best_step()
     ckpt.close()
     if best is None:
@@ -355,7 +363,7 @@ def load_frozen_lora(mc, setup: Setup) -> dict:
         raise SetupError(f"method.lora_from {run_dir!r}: that {src.method.kind} run needs the CF model, which this "
                          f"method does not load; take the LoRA of a TALLRec run")
     model = build_model(src, setup)  # only its trainable parameters are restored, its prompt machinery is not used
-    _, st = restore_trainable(run, best, model, src, M.make_mesh(M.MeshConfig()))
+    _, st = restore_trainable(run, best, model, M.make_mesh(M.MeshConfig()))
     lora = nnx.to_pure_dict(st.trainable)["lora"]
     return jax.tree.map(np.asarray, {"a": dict(lora["a"]), "b": dict(lora["b"])})
 
@@ -370,26 +378,34 @@ def place_model(model: nnx.Module, tx: optax.GradientTransformation, mesh: jax.s
     return graphdef, st
 
 
-def checkpoint_tree(trainable, opt_state, key) -> dict:
-    """Checkpoint pytree: pure-dict parameters, optimiser-state leaves, raw key data (host).
-    With the live (placed) arrays it is also the restore template: their shardings are the targets."""
-    return {"params": nnx.to_pure_dict(trainable), "opt": jax.tree.leaves(opt_state),
-            "rng": np.asarray(jax.random.key_data(key))}
+def checkpoint_tree(trainable, opt_state, key) -> tuple[dict, dict]:
+    """The checkpoint's two array items: the pure-dict parameters, and what only resuming needs
+    (optimiser-state leaves, raw key data on the host). With the live (placed) arrays they are also
+    the restore templates: their shardings are the targets."""
+    return nnx.to_pure_dict(trainable), {"opt": jax.tree.leaves(opt_state), "rng": np.asarray(jax.random.key_data(key))}
 
 
-def pack_state(trainable, opt_state, key) -> dict:
+def pack_state(trainable, opt_state, key) -> tuple[dict, dict]:
     """checkpoint_tree with copies of the arrays (on their devices, same shardings), because the async
     save may still be reading them when the next step donates the buffers."""
     return jax.tree.map(lambda x: x.copy(), checkpoint_tree(trainable, opt_state, key))
 
 
-def unpack_state(saved: dict, st: M.ShardedState):
+def unpack_state(params: dict, resume: dict, st: M.ShardedState):
     """(trainable, opt_state, key) of a restored checkpoint_tree, on st's shardings."""
     trainable = st.trainable
-    nnx.replace_by_pure_dict(trainable, saved["params"])
-    opt_state = jax.tree.unflatten(jax.tree.structure(st.opt_state), saved["opt"])
+    nnx.replace_by_pure_dict(trainable, params)
+    opt_state = jax.tree.unflatten(jax.tree.structure(st.opt_state), resume["opt"])
     trainable, opt_state = jax.device_put((trainable, opt_state), (st.trainable_sh, st.opt_sh))
-    return trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(saved["rng"]))
+    return trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(resume["rng"]))
+
+
+def intact_meta(ckpt: RunCheckpoints, step: int, config: dict) -> dict:
+    """Meta of step, after checking that it was written by `config` (ConfigMismatchError) and that
+    none of its files is missing or truncated (CheckpointReadError)."""
+    meta = ckpt.check_config(step, config, RESUMABLE_FIELDS, normalize=with_defaults)
+    ckpt.verify(step)
+    return meta
 
 
 def calibrated_offset(base_scores: np.ndarray, labels: np.ndarray) -> float:
@@ -405,17 +421,17 @@ def set_loss_offset(trainable, st: M.ShardedState, value: float):
     return jax.device_put(trainable, st.trainable_sh)
 
 
-def restore_trainable(run_dir: str | pathlib.Path, step: int, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh):
+def restore_trainable(run_dir: str | pathlib.Path, step: int, model: nnx.Module, mesh: jax.sharding.Mesh):
     """(graphdef, M.ShardedState) of `model` placed on `mesh` for scoring (no optimiser state), with the
-    trainable parameters of checkpoint `step` restored straight into their shards."""
+    trainable parameters of checkpoint `step` restored straight into their shards (the checkpoint's
+    optimiser state is not read)."""
     graphdef, st = place_model(model, optax.identity(), mesh)
-    tx = make_optimizer(cfg.optim)
-    opt_abstract = jax.eval_shape(tx.init, st.trainable)  # the checkpoint's optimiser leaves: read, not kept
-    opt = M.abstract_with_shardings(opt_abstract, M.opt_state_shardings(tx, opt_abstract, st.trainable_sh, mesh))
-    ckpt = RunCheckpoints(run_dir, async_save=False)
-    saved, _ = ckpt.restore(step, checkpoint_tree(st.trainable, opt, jax.random.key(cfg.seed)))
-    ckpt.close()
-    nnx.replace_by_pure_dict(st.trainable, saved["params"])
+    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
+    try:
+        params = ckpt.restore_params(step, nnx.to_pure_dict(st.trainable))
+    finally:
+        ckpt.close()
+    nnx.replace_by_pure_dict(st.trainable, params)
     return graphdef, st
 
 
@@ -442,15 +458,18 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     mesh = make_run_mesh(cfg.mesh, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
     main = jax.process_index() == 0
     run_dir = pathlib.Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
-    ckpt = RunCheckpoints(run_dir, async_save=cfg.async_checkpoint)
-    latest = ckpt.latest_step()
-    meta = None
-    if latest is not None:  # checked before any loading
-        meta = ckpt.check_config(latest, config, RESUMABLE_FIELDS, normalize=with_defaults)
+    # run_dir is only read until everything has been checked and loaded: a refused resume, a bad
+    # flag or a failed load leave it as it was (or absent).
+    # The newest intact checkpoint is the resume point; unreadable newer ones are reported once resumed.
+    previous = RunCheckpoints(run_dir, async_save=False, writable=False)
+    meta, skipped = None, []
+    try:
+        if previous.latest_step() is not None:
+            latest, meta, skipped = previous.newest_intact(lambda s: intact_meta(previous, s, config))
+    finally:
+        previous.close()
     if meta is not None and meta.get("finished"):
-        ckpt.close()
         print(f"{run_dir}: already finished at step {meta['step']} ({meta['stop_reason']}); nothing to do")
         if (run_dir / SUMMARY_FILE).is_file():
             return json.loads((run_dir / SUMMARY_FILE).read_text())
@@ -470,11 +489,25 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     key = jax.random.key(cfg.seed)
     es = {"best_auc": -math.inf, "best_step": None, "bad_evals": 0, "last_auc": None}
     step = 0
+    run_dir.mkdir(parents=True, exist_ok=True)
     if meta is not None:
-        saved, meta = ckpt.restore(latest, checkpoint_tree(trainable, opt_state, key))
-        trainable, opt_state, key = unpack_state(saved, st)
+        reader = RunCheckpoints(run_dir, async_save=False, writable=False)
+
+        def restore(s: int):  # a corrupt array file the size checks missed falls back further
+            intact_meta(reader, s, config)
+            return reader.restore(s, *checkpoint_tree(trainable, opt_state, key))
+        try:
+            _, (params, resume, meta), skipped = reader.newest_intact(restore, below=latest, skipped=skipped)
+        finally:
+            reader.close()
+        trainable, opt_state, key = unpack_state(params, resume, st)
         step, es = meta["step"], meta["early_stopping"]
+        # the skipped steps are retrained, so their folders go out of the way (kept, for inspection)
+        for err, dest in zip(skipped, reader.set_aside([err.step for err in skipped])):
+            if main:
+                print(f"{err}; resuming from step {step} (moved to {dest})", file=sys.stderr, flush=True)
         print(f"{run_dir}: resuming from step {step} (best valid AUC {es['best_auc']:.4f} at step {es['best_step']})")
+    ckpt = RunCheckpoints(run_dir, async_save=cfg.async_checkpoint)
     metrics_path = run_dir / METRICS_FILE
     if main:
         write_json(run_dir / CONFIG_FILE, config)
@@ -506,7 +539,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             "step": step, "data_position": order.position(step), "early_stopping": dict(es), "best_step": es["best_step"],
             "finished": stop_reason in ("patience", "max_steps"), "stop_reason": stop_reason, "config": config,
         }
-        ckpt.save(step, pack_state(trainable, opt_state, key), meta, m["valid_auc"])
+        ckpt.save(step, *pack_state(trainable, opt_state, key), meta, m["valid_auc"])
         if main:
             _log(metrics_path, {"event": "eval", "step": step, **m, "best_auc": es["best_auc"], "best_step": es["best_step"],
                                 "bad_evals": es["bad_evals"], "train_loss": loss_avg, "samples_per_s": rate,
@@ -543,6 +576,10 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         bar.update(1)
     bar.close()
     ckpt.close()
+    if stop_reason == "wall_budget" and step < cfg.max_steps:
+        print(f"WARNING: the wall-clock safety budget (max_wall_minutes={cfg.max_wall_minutes}) stopped training at step "
+              f"{step} of {cfg.max_steps}: this machine is slower than the preset assumes, and the results will differ "
+              "from a run of every step", file=sys.stderr, flush=True)
     summary = {
         "run": str(run_dir), "steps": step, "stop_reason": stop_reason, "best_step": es["best_step"],
         "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"], "wall_s_this_process": time.time() - t_start,

@@ -44,6 +44,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from cora_jax.errors import FlagError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -91,12 +93,12 @@ class MeshConfig:
     process_id: int | None = None      # distributed: this process's index; None = detected
 
     def validate(self) -> None:
-        """The checks that need no device count; raises ValueError naming the bad field."""
+        """The checks that need no device count; raises FlagError naming the bad field."""
         if sum(s == -1 for s in (self.data, self.fsdp, self.tensor)) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}")
+            raise FlagError(MESH_AXES, f"= {self.data}/{self.fsdp}/{self.tensor}: at most one axis may be -1")
         for name, s in zip(MESH_AXES, (self.data, self.fsdp, self.tensor)):
             if s == 0 or s < -1:
-                raise ValueError(f"MeshConfig.{name} must be >= 1 or -1, got {s}")
+                raise FlagError(name, f"must be >= 1 or -1, got {s}")
 
     def shape(self, n_devices: int) -> tuple[int, int, int]:
         """(data, fsdp, tensor) sizes for n_devices; raises ValueError naming the bad field."""

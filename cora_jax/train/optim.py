@@ -1,10 +1,12 @@
-"""AdamW with a proper linear warmup + cosine schedule and a weight-decay mask (reference §6)."""
+"""AdamW with a proper linear warmup + cosine schedule and a weight-decay mask (docs/reference.md#training)."""
 from __future__ import annotations
 
 import dataclasses
 
 import jax
 import optax
+
+from cora_jax.errors import FlagError
 
 # Path fragments of parameters that never get weight decay (LayerNorm scale/bias, biases).
 NO_DECAY_NAMES = ("norm", "bias", "scale")
@@ -25,9 +27,12 @@ class OptimConfig:
 
     def validate(self) -> None:
         if self.decay_steps <= self.warmup_steps:
-            raise ValueError(f"OptimConfig.decay_steps ({self.decay_steps}) must exceed warmup_steps ({self.warmup_steps})")
-        if self.lr <= 0 or self.min_lr < 0 or self.warmup_init_lr < 0:
-            raise ValueError("OptimConfig: learning rates must be positive")
+            raise FlagError(("decay_steps", "warmup_steps"), f"= {self.decay_steps}/{self.warmup_steps}: the decay must end after the warmup")
+        if self.lr <= 0:
+            raise FlagError("lr", f"must be > 0, got {self.lr}")
+        for name in ("min_lr", "warmup_init_lr"):
+            if getattr(self, name) < 0:
+                raise FlagError(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:

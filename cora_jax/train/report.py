@@ -1,6 +1,8 @@
 """`eval.py report RUN_DIR... --out DIR`: finished results files -> report.md (a Table-3-style table, a
 Table-4-style table over CoRA runs with different `targets`, an ID-only vs with-text table as in the paper's
-Fig. 6), warm_cold.png and, when some method has both forms, id_only.png. Reads results files only.
+Fig. 6), warm_cold.png and, when some method has both forms, id_only.png. Reads results files only, plus
+the per-row test scores (scores.jsonl beside results.json) for a paired DeLong test of each method against a
+reference method (`--versus`, default CoRA-MF), in report.md and report.json.
 
 Each RUN_DIR may be a CoRA run dir (RUN/eval/results.json, targets from RUN/config.json), an eval /
 zero-shot / demo output dir or a CF run dir (DIR/results.json), or a results.json path.
@@ -9,18 +11,25 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import math
 import pathlib
 import sys
 
+import numpy as np
+
+from cora_jax.errors import CoraError
+from cora_jax.metrics import delong_paired
 from cora_jax.train.evaluate import CF_NAMES, PAPER_ML1M, PAPER_ML1M_TARGETS
 
 EXPECTED = ("a CoRA run dir (with eval/results.json), an eval / zero-shot / demo output dir or a CF run dir "
             "(with results.json), or a results.json file")
+SCORES = "scores.jsonl"  # eval.py's per-row scores beside results.json: model, split, uid, iid, label, score
+DEFAULT_VERSUS = "CoRA-MF"
 
 
-class ReportError(ValueError):
+class ReportError(CoraError, ValueError):
     pass
 
 
@@ -50,8 +59,8 @@ def _cora_targets(run_dir: pathlib.Path | None) -> str | None:
 def load_results(paths: list[str]) -> list[dict]:
     """One record per (input, model): method (the paper's name, no suffix), with_titles, source (the results
     file), run (its folder's shortest distinct name), label (method, "(ID-only)" when so, plus [run] when two
-    share it), data, llm, targets (CoRA rows of CoRA runs with a known config; Table 4 takes those with text)
-    and splits {name: metrics}."""
+    share it), data, llm, targets (CoRA rows of CoRA runs with a known config; Table 4 takes those with text),
+    splits {name: metrics}, name (the model's name in the file) and scores (the scores.jsonl beside it, or None)."""
     records = []
     for arg in paths:
         path, run_dir = _results_path(arg)
@@ -63,10 +72,11 @@ def load_results(paths: list[str]) -> list[dict]:
             raise ReportError(f"{arg}: {path} has neither 'models' (CoRA / zero-shot / demo) nor 'model' (CF); "
                               f"expected {EXPECTED}")
         base = {"source": str(path), "data": res.get("data") or res.get("preset") or "–"}
+        scores = next((str(f) for f in (path.parent / SCORES, path.parent / f"{SCORES}.gz") if f.is_file()), None)
         if "models" not in res:  # a CF run: its splits at the top level
             splits = {k: v for k, v in res.items() if isinstance(v, dict) and "auc" in v}
             records.append({**base, "method": CF_NAMES.get(res["model"], res["model"]), "with_titles": True,
-                            "llm": "–", "targets": None, "splits": splits})
+                            "llm": "–", "targets": None, "splits": splits, "name": res["model"], "scores": scores})
             continue
         targets = _cora_targets(run_dir or (pathlib.Path(res["run"]) if res.get("run") else None))
         for i, (name, splits) in enumerate(res["models"].items()):
@@ -77,7 +87,7 @@ def load_results(paths: list[str]) -> list[dict]:
             if cf_row and any(r["method"] == method and r["data"] == base["data"] and r["splits"] == splits
                               for r in records):
                 continue  # runs scored on the same rows repeat the CF model's identical row: keep one
-            records.append({**base, "method": method, "with_titles": with_titles,
+            records.append({**base, "method": method, "with_titles": with_titles, "name": name, "scores": scores,
                             "llm": "–" if cf_row else res.get("llm", "–"), "splits": splits,
                             "targets": targets if method.startswith("CoRA") else None})
     run_names = _short_run_names([r["source"] for r in records])
@@ -125,6 +135,180 @@ def id_only_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
     return [(t, i) for text, ids in groups.values() for t in text for i in ids]
 
 
+def _read_scores(path: str) -> list[dict]:
+    """The rows of a scores.jsonl (or its gzip, as committed under results/), each checked to carry every field
+    eval.py writes."""
+    try:
+        text = (gzip.open(path, "rt") if path.endswith(".gz") else open(path)).read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read ({e})") from e
+    rows = []
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ReportError(f"{path}:{k}: not JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ReportError(f"{path}:{k}: not a JSON object")
+        if missing := [f for f in ("model", "split", "uid", "iid", "label", "score") if f not in row]:
+            raise ReportError(f"{path}:{k}: no '{missing[0]}' field")
+        rows.append(row)
+    return rows
+
+
+def _row_keys(uid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+    keys = np.empty(len(uid), dtype=[("uid", np.int64), ("iid", np.int64)])
+    keys["uid"], keys["iid"] = uid, iid
+    return keys
+
+
+def scored_test_rows(r: dict, cache: dict[str, list[dict]]) -> dict[str, np.ndarray] | str:
+    """The record's test rows in its scores.jsonl as arrays uid, iid, label, score and key (uid, iid), or why it
+    has none. Rows are tagged with the model's name in results.json or, as zero-shot's "ICL", its method name;
+    cache: path -> rows, so each file is read once."""
+    if r["scores"] is None:
+        return f"no {SCORES} beside the results file"
+    if r["scores"] not in cache:
+        cache[r["scores"]] = _read_scores(r["scores"])
+    test = [x for x in cache[r["scores"]] if x["split"] == "test"]
+    tags = {x["model"] for x in test}
+    tag = r["name"] if r["name"] in tags else r["method"] if r["method"] in tags else None
+    if tag is None:
+        return f"{SCORES} has no test rows of {r['name']}"
+    rows = [x for x in test if x["model"] == tag]
+    cols = {}
+    for field, dtype in (("uid", np.int64), ("iid", np.int64), ("label", np.int64), ("score", np.float64)):
+        try:
+            cols[field] = np.array([x[field] for x in rows], dtype=dtype)
+        except (TypeError, ValueError) as e:
+            raise ReportError(f"{r['scores']}: field '{field}' of {tag}'s test rows is not a number ({e})") from e
+    if not np.isin(cols["label"], (0, 1)).all():
+        raise ReportError(f"{r['scores']}: field 'label' of {tag}'s test rows is not 0 / 1")
+    if not np.isfinite(cols["score"]).all():
+        raise ReportError(f"{r['scores']}: field 'score' of {tag}'s test rows is not a finite number")
+    cols["key"] = _row_keys(cols["uid"], cols["iid"])
+    ordered = np.sort(cols["key"])
+    if len(twice := ordered[1:][ordered[1:] == ordered[:-1]]):
+        raise ReportError(f"{r['scores']}: {tag} scored the test row uid {twice[0]['uid']}, iid {twice[0]['iid']} "
+                          "more than once")
+    return cols
+
+
+def compare_paired(r: dict, s: dict[str, np.ndarray], ref: dict, s_ref: dict[str, np.ndarray]) -> dict:
+    """DeLong's test of record r against the reference on the test rows both scored, matched by (uid, iid)."""
+    _, i, j = np.intersect1d(s["key"], s_ref["key"], assume_unique=True, return_indices=True)
+    if not len(i):
+        raise ReportError(f"{r['label']} ({r['scores']}) and the reference {ref['label']} ({ref['scores']}) scored "
+                          "no test row in common (rows matched by uid, iid)")
+    if len(bad := np.flatnonzero(s["label"][i] != s_ref["label"][j])):
+        k = i[bad[0]]
+        raise ReportError(f"{r['scores']} and {ref['scores']}: field 'label' differs on {len(bad)} of the {len(i)} "
+                          f"test rows both scored (first: uid {s['uid'][k]}, iid {s['iid'][k]})")
+    t = delong_paired(s["label"][i], s["score"][i], s_ref["score"][j])
+    return {"rows": len(i), "rows_method": len(s["key"]), "rows_reference": len(s_ref["key"]),
+            "positives": t.positives, "negatives": t.negatives, "auc": t.auc, "auc_reference": t.auc_reference,
+            "delta_auc": t.delta, "se": t.se, "ci95": [t.ci_low, t.ci_high], "p": t.p}
+
+
+def paired_vs_reference(records: list[dict], versus: str = DEFAULT_VERSUS, explicit: bool = False) -> dict:
+    """Every other record against the reference: the first input labelled `versus` or else the first with-text
+    one of method `versus`, preferring one with per-row test scores. Returns {versus, explicit, reference (a
+    record or None), note (why nothing or what was chosen; may be ""), rows [(record, compare_paired dict or why
+    there is none)]}. With explicit (--versus given), a reference that is missing or has no scores is an error."""
+    cache: dict[str, list[dict]] = {}
+    scores = [scored_test_rows(r, cache) for r in records]
+    named = [k for k, r in enumerate(records) if r["label"] == versus] or [
+        k for k, r in enumerate(records) if r["method"] == versus and r["with_titles"]]
+    scored = [k for k in named if not isinstance(scores[k], str)]
+    out = {"versus": versus, "explicit": explicit, "reference": None, "note": "", "rows": []}
+    if not scored:
+        why = (f"no input is labelled or named {versus} (labels: {', '.join(r['label'] for r in records)})"
+               if not named else f"{records[named[0]]['label']} has no per-row test scores "
+                                 f"({scores[named[0]]}; `{records[named[0]]['source']}`)")
+        if explicit:
+            raise ReportError(f"--versus {versus}: {why}")
+        return {**out, "note": f"No paired comparison: {why}. Name a reference with `--versus NAME`."}
+    ref = scored[0]
+    if len(named) > 1:
+        out["note"] = (f"{len(named)} inputs match `{versus}` ({', '.join(records[k]['label'] for k in named)}); the "
+                       "reference is the first with per-row test scores. Name another with `--versus 'LABEL'`.")
+    rows = [(r, s if isinstance(s, str) else compare_paired(r, s, records[ref], scores[ref]))
+            for k, (r, s) in enumerate(zip(records, scores)) if k != ref]
+    return {**out, "reference": records[ref], "rows": rows}
+
+
+def _signed(x: float | None) -> str:
+    return "–" if x is None else "nan" if math.isnan(x) else f"{x:+.4f}"
+
+
+def _p_value(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.1e}" if x < 1e-4 else f"{x:.4f}"
+
+
+def paired_section(paired: dict) -> list[str]:
+    """report.md's section on each method against the reference (paired_vs_reference's result)."""
+    ref = paired["reference"]
+    lines = ["## Paired significance vs the reference" + (f": {ref['label']}" if ref else ""), ""]
+    if ref is None:
+        return lines + [paired["note"], ""]
+    chosen = (f"chosen with `--versus {paired['versus']}`" if paired["explicit"]
+              else f"the default `--versus {paired['versus']}`")
+    lines += [f"Reference method: **{ref['label']}** (`{ref['source']}`; {chosen}). Each other method against it on "
+              f"the test rows both scored, matched by (uid, iid) in their {SCORES}: AUC on those rows, ΔAUC = "
+              "method − reference (negative: the reference ranks better), its 95% CI and the two-sided p-value of "
+              "DeLong's test for two correlated ROC curves.", ""]
+    if paired["note"]:
+        lines += [paired["note"], ""]
+    table = []
+    for r, c in paired["rows"]:
+        if isinstance(c, str):
+            table.append([r["label"], "–", "–", "–", "–", "–", "–", f"no per-row test scores: {c}"])
+            continue
+        partial = c["rows"] < max(c["rows_method"], c["rows_reference"])
+        table.append([r["label"], str(c["rows"]), _num(c["auc"]), _num(c["auc_reference"]), _signed(c["delta_auc"]),
+                      f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}]", _p_value(c["p"]),
+                      f"the rows both scored: {c['rows']} of the method's {c['rows_method']} and the reference's "
+                      f"{c['rows_reference']}" if partial else ""])
+    return lines + _table(["method", "paired test rows", "AUC", "reference AUC", f"ΔAUC vs {ref['label']}", "95% CI",
+                           "p (DeLong)", "note"], table) + [""]
+
+
+def _finite(x):
+    """x with every NaN float as None, for strict JSON."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else x
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def report_json(records: list[dict], paired: dict) -> dict:
+    """report.json: the reference and, per input method, its figures in report.md and its paired comparison."""
+    ref = paired["reference"]
+    vs = {id(r): c for r, c in paired["rows"]}
+    methods = []
+    for r in records:
+        c = vs.get(id(r))
+        paper = PAPER_ML1M.get(r["method"], (None, None))
+        methods.append({
+            **{k: r[k] for k in ("label", "method", "with_titles", "targets", "data", "llm", "run", "source")},
+            "splits": {s: {k: m.get(k) for k in ("auc", "uauc", "rows")} for s in ("test", "test_warm", "test_cold")
+                       if (m := r["splits"].get(s))},
+            "paper_auc": paper[0], "paper_uauc": paper[1], "is_reference": r is ref,
+            "vs_reference": c if isinstance(c, dict) else None,
+            "vs_reference_note": c if isinstance(c, str) else None})
+    return _finite({
+        "reference": {"versus": paired["versus"], "chosen_with_versus": paired["explicit"],
+                      "label": ref["label"] if ref else None, "source": ref["source"] if ref else None},
+        "paired_split": "test", "delta": "method AUC - reference AUC on the rows both scored, matched by (uid, iid)",
+        "test": "DeLong's test for two correlated ROC curves: 95% normal CI and two-sided p",
+        "note": paired["note"], "methods": methods})
+
+
 def _method_cell(r: dict) -> str:
     return f"{r['method']} ({r['targets']})" if r["targets"] else r["method"]
 
@@ -146,7 +330,8 @@ def _paper(table: dict, key: str) -> list[str]:
     return [_num(v) for v in table.get(key, (None, None))]
 
 
-def markdown(records: list[dict]) -> str:
+def markdown(records: list[dict], paired: dict | None = None) -> str:
+    """report.md; paired (paired_vs_reference's result) adds the section on each method against the reference."""
     t3 = [[r["label"], *(_metric(r, s, k) for s, k in (("test", "auc"), ("test", "uauc"), ("test_warm", "auc"),
                                                         ("test_cold", "auc"))),
            *_paper(PAPER_ML1M, r["method"]), str((r["splits"].get("test") or {}).get("rows", "–")),
@@ -158,6 +343,7 @@ def markdown(records: list[dict]) -> str:
              "Runs with the titles in the prompt; ID-only runs are compared in the Fig. 6 section.", "",
              *_table(["method", "test AUC", "test UAUC", "warm AUC", "cold AUC", "paper AUC", "paper UAUC",
                       "test rows", "data", "LLM", "source"], t3), "",
+             *(paired_section(paired) if paired else []),
              "## Table 4: CoRA weight types (`model.targets`)", ""]
     cora = [r for r in records if r["targets"] and r["with_titles"]]
     targets = sorted({r["targets"] for r in cora})
@@ -254,10 +440,15 @@ def plot_id_only(pairs: list[tuple[dict, dict]], path: str | pathlib.Path) -> No
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="eval.py report", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help=EXPECTED)
-    ap.add_argument("--out", required=True, help="output folder (created): report.md, warm_cold.png, id_only.png")
+    ap.add_argument("--out", required=True,
+                    help="output folder (created): report.md, report.json, warm_cold.png, id_only.png")
+    ap.add_argument("--versus", metavar="NAME",
+                    help=f"the reference method of the paired DeLong test: a method (default {DEFAULT_VERSUS}) or a "
+                         "row's label in report.md, e.g. 'CoRA-MF [run]'")
     a = ap.parse_args(argv)
     try:
         records = load_results(a.runs)
+        paired = paired_vs_reference(records, a.versus or DEFAULT_VERSUS, explicit=a.versus is not None)
     except ReportError as e:
         sys.exit(f"eval.py report: {e}")
     out = pathlib.Path(a.out)
@@ -265,5 +456,6 @@ def main(argv: list[str]) -> None:
     plot_warm_cold(records, out / "warm_cold.png")
     if pairs := id_only_pairs(records):
         plot_id_only(pairs, out / "id_only.png")
-    (out / "report.md").write_text(markdown(records))
+    (out / "report.md").write_text(markdown(records, paired))
+    (out / "report.json").write_text(json.dumps(report_json(records, paired), indent=2, ensure_ascii=False) + "\n")
     print(out / "report.md")

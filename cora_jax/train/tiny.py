@@ -47,7 +47,8 @@ def tiny_llm_dir(out: str | pathlib.Path, texts: list[str], *, hidden: int = 32,
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    # The answers too, so that " Yes" / " No" are tokens of their own as in real vocabularies.
+    tok.train_from_iterator([*texts, *[" Yes", " No"] * 64], trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>").save_pretrained(out)
     vocab = tok.get_vocab_size()
 

@@ -18,7 +18,7 @@ for seed in "${SEEDS[@]}"; do
     [ -f "$run/eval-test2000/results.json" ] ||
       $PY eval.py --run "$run" --split test --limit 2000 --sample-seed 0 --out "$run/eval-test2000" --no-progress
     mkdir -p "$RESULTS/$name"
-    cp "$run/eval-test2000/results.json" "$run/metrics.jsonl" "$run/summary.json" "$RESULTS/$name/"
+    cp "$run/eval-test2000/results.json" "$run/config.json" "$run/metrics.jsonl" "$run/summary.json" "$RESULTS/$name/"
     gzip -nc "$run/eval-test2000/scores.jsonl" > "$RESULTS/$name/scores.jsonl.gz"
     echo "done $name $(date -u +%H:%M)"
   done

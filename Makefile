@@ -31,6 +31,7 @@ demo: setup
 	$(PY) train.py demo
 
 test: setup-test
+	$(PY) -m ruff check -q .
 	$(PY) -m pytest -q tests
 
 clean:

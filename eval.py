@@ -9,9 +9,12 @@
 
     python eval.py report RUN_DIR... --out DIR
         finished results files (CoRA / baselines / zero-shot / demo / CF) -> DIR/report.md, DIR/warm_cold.png
-        and, when a method was run with and without titles, DIR/id_only.png (cora_jax/train/report.py); scores nothing
+        and, when a method was run with and without titles, DIR/id_only.png (cora_jax/train/report.py); scores nothing;
+        the inputs with a metrics.jsonl (run dirs, seed-study folders) -> DIR/curves.png (training loss, valid AUC)
     python eval.py seeds DIR... --out OUT
         runs of one preset with several seeds (results/seed_study.sh) -> OUT/seeds.md, seeds.json, valid_curves.png
+    python eval.py recommend --run DIR --user UID [--top K] [--candidates N | --items ID...] [--seed S] [--json]
+        rank candidate items for one user with the run's best checkpoint (cora_jax/train/recommend.py)
 
 Subcommands (the first argument) are looked up in SUBCOMMANDS, beside the default scoring command.
 """
@@ -73,7 +76,14 @@ def main_seeds(argv: list[str]) -> None:
     seeds(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {"report": main_report, "seeds": main_seeds}
+def main_recommend(argv: list[str]) -> None:
+    from cora_jax.train.recommend import main as recommend
+
+    recommend(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {"report": main_report, "seeds": main_seeds,
+                                                        "recommend": main_recommend}
 
 
 @entry_point

@@ -15,7 +15,7 @@ from cora_jax.errors import CoraError, FlagError, UsageError, entry_point
 from cora_jax.llm.config import ConfigError
 from cora_jax.llm.weights import WeightError
 from cora_jax.train import TrainConfig
-from cora_jax.train.checkpoint import ConfigMismatchError
+from cora_jax.train.checkpoint import CheckpointReadError, ConfigMismatchError, DiskSpaceError, NoIntactCheckpointError
 from cora_jax.train.loop import SetupError
 from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.report import ReportError
@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("cls, base", [
     (DataError, ValueError), (ConfigError, ValueError), (WeightError, ValueError), (MissingAssetError, FileNotFoundError),
     (CFConfigError, ValueError), (ReportError, ValueError), (SetupError, ValueError), (ConfigMismatchError, ValueError),
-    (UnknownPresetError, KeyError), (FlagError, ValueError),
+    (UnknownPresetError, KeyError), (FlagError, ValueError), (CheckpointReadError, OSError),
+    (NoIntactCheckpointError, OSError), (DiskSpaceError, OSError),
 ])
 def test_project_errors_share_one_base_and_keep_their_own(cls, base):
     assert issubclass(cls, CoraError) and issubclass(cls, base)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -204,13 +205,19 @@ def _assert_ends_like_the_full_run(root: pathlib.Path, run: pathlib.Path) -> Non
     ckpt.close()
 
 
-def _truncate_a_params_file(run: pathlib.Path, step: int) -> tuple[pathlib.Path, int, int]:
-    """Halve the largest data file of step's parameters: (the file, its size before, after)."""
-    item = run / "checkpoints" / str(step) / "params"
-    data = max((p for p in item.rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
-    full = data.read_bytes()
-    data.write_bytes(full[: len(full) // 2])
-    return data, len(full), len(full) // 2
+def _truncate_params_files(run: pathlib.Path, step: int) -> set[str]:
+    """Cut every data file of step's parameters to 10 bytes (a file can hold bytes its index no longer
+    refers to: cutting one alone may leave the checkpoint readable); returns their paths."""
+    files = {str(p) for p in (run / "checkpoints" / str(step) / "params").rglob("d/*") if p.is_file()}
+    for file in files:
+        pathlib.Path(file).write_bytes(pathlib.Path(file).read_bytes()[:10])
+    return files
+
+
+def _named_file(line: str, pattern: str, files: set[str]) -> None:
+    """line matches pattern, whose group `file` is one of files."""
+    match = re.fullmatch(pattern, line)
+    assert match and match["file"] in files, line
 
 
 def _error_line(capsys, main, argv: list[str]) -> str:
@@ -229,8 +236,10 @@ def test_evaluation_reads_no_optimiser_state(runs, tmp_path):
     root = runs[0]
     run = tmp_path / "without-opt-state"
     shutil.copytree(root / "full", run)
-    removed = [shutil.rmtree(item) or item for item in run.glob("checkpoints/*/opt_state")]
-    assert len(removed) == len(list(run.glob("checkpoints/*/params"))) >= 1
+    opt_items = list(run.glob("checkpoints/*/opt_state"))
+    assert len(opt_items) == len(list(run.glob("checkpoints/*/params"))) >= 1
+    for item in opt_items:
+        shutil.rmtree(item)
     args = ["--split", "test", "--limit", "20", "--no-progress"]
     eval_cli = _load_eval_cli()
     eval_cli.main(["--run", str(root / "full"), *args, "--out", str(tmp_path / "with")])
@@ -239,63 +248,41 @@ def test_evaluation_reads_no_optimiser_state(runs, tmp_path):
     assert scores[0] == scores[1] and len(scores[0].splitlines()) == 20
 
 
-def test_truncated_checkpoint_resume_falls_back_and_evaluation_names_it(runs, fixture_dirs, capsys):
-    root, data, llm, cf = fixture_dirs
-    best = json.loads((root / "full" / "summary.json").read_text())["best_step"]
-    assert best < MAX_STEPS  # two checkpoints (the fixture's run peaks before its end)
-    run = root / "damaged"
-    shutil.copytree(root / "full", run)
-    file, size, cut = _truncate_a_params_file(run, MAX_STEPS)
-
-    # resume: the latest checkpoint is unreadable, the best intact -> resumed from there, said on stderr
-    resumed = subprocess.run(_args(data, llm, cf, run), cwd=ROOT, env=_env(root), capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    aside = run / "unreadable-checkpoints" / str(MAX_STEPS)
-    said = (f"checkpoint step {MAX_STEPS} is unreadable ({file}: truncated to {cut} bytes, its index needs {size}); "
-            f"resuming from step {best} (moved to {aside})")
-    assert said in resumed.stderr.splitlines(), resumed.stderr[-3000:]
-    assert f"resuming from step {best} " in resumed.stdout
-    assert (aside / "params").is_dir()  # kept for inspection, out of the checkpoint manager's way
-    _assert_ends_like_the_full_run(root, run)
-
-    # evaluation of a run whose best checkpoint is unreadable: one line naming the step and the file
-    file, size, cut = _truncate_a_params_file(run, best)
-    line = _error_line(capsys, _load_eval_cli().main, ["--run", str(run), "--split", "test", "--limit", "4", "--no-progress"])
-    assert line == f"error: checkpoint step {best} is unreadable ({file}: truncated to {cut} bytes, its index needs {size})"
-
-    # no intact checkpoint left: resuming stops before loading anything, saying how to start over
-    _truncate_a_params_file(run, MAX_STEPS)
-    line = _error_line(capsys, _load_train_cli().main, _args(data, llm, cf, run)[2:])
-    assert line.startswith(f"error: no checkpoint of {run} can be read (checkpoint step {MAX_STEPS} is unreadable (")
-    assert f"; checkpoint step {best} is unreadable ({file}: truncated" in line
-    assert line.endswith(f": start over with a new --out folder, or move {run / 'checkpoints'} away and rerun the same command")
-
-
-# Run in the killed child instead of train.py: Orbax's background thread stalls on the meta item of
-# step STALL_AT's save (the arrays may be written, the step is not committed) after creating MARKER.
-STALLED_SAVE = """
+# Run in a child instead of train.py: Orbax's background work stalls, after writing MARKER, either
+# writing the meta item of step STEP's save ("save": the step is not committed, its arrays may be
+# written) or deleting the first step the latest + best policy prunes ("prune": that step and the
+# newer one that replaced it are both complete). Arguments: save|prune STEP MARKER train.py ARGS...
+STALLED = """
 import pathlib, runpy, sys, time
 import orbax.checkpoint as ocp
-stall_at, marker = int(sys.argv.pop(1)), pathlib.Path(sys.argv.pop(1))
+from orbax.checkpoint._src.path import deleter
+what, step, marker = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
+def stall(note):
+    marker.write_text(note)
+    time.sleep(600)
 save = ocp.handlers.JsonCheckpointHandler._save_fn
-async def stalled(self, x, directory):
-    if isinstance(x, dict) and "config" in x and x["step"] == stall_at:  # the run's meta, not Orbax's metrics
-        marker.write_text(str(directory))
-        time.sleep(600)
+async def stalled_save(self, x, directory):
+    if what == "save" and isinstance(x, dict) and "config" in x and x["step"] == step:  # the run's meta, not Orbax's metrics
+        stall(str(directory))
     return await save(self, x, directory)
-ocp.handlers.JsonCheckpointHandler._save_fn = stalled
-sys.argv = sys.argv[1:]
+delete = deleter.StandardCheckpointDeleter.delete
+def stalled_delete(self, s):
+    if what == "prune":
+        stall(str(s))
+    return delete(self, s)
+ocp.handlers.JsonCheckpointHandler._save_fn = stalled_save
+deleter.StandardCheckpointDeleter.delete = stalled_delete
+sys.argv = sys.argv[4:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-STALL_AT = 12
 
 
-def test_sigkill_during_an_async_save_then_resume_ends_like_the_uninterrupted_run(runs, fixture_dirs):
-    root, data, llm, cf = fixture_dirs
-    run, marker = root / "killed-in-save", root / "save-in-progress"
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_SAVE, str(STALL_AT), str(marker), *_args(data, llm, cf, run)[1:]],
-                            cwd=ROOT, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _kill_when_stalled(root: pathlib.Path, argv: list[str], what: str, step: int = 0) -> str:
+    """Run train.py argv in a child that stalls (see STALLED) and SIGKILL it there; returns MARKER's text."""
+    marker = root / f"stalled-{what}-{step}"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", STALLED, what, str(step), str(marker), *argv[1:]], cwd=ROOT,
+                            env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not marker.exists():
         time.sleep(0.02)
@@ -303,6 +290,56 @@ def test_sigkill_during_an_async_save_then_resume_ends_like_the_uninterrupted_ru
         os.kill(proc.pid, signal.SIGKILL)
     out = proc.communicate()[0]
     assert proc.returncode == -signal.SIGKILL and marker.exists(), out[-3000:]
+    return marker.read_text()
+
+
+def test_truncated_checkpoint_resume_falls_back_and_evaluation_names_it(runs, fixture_dirs, capsys):
+    root, data, llm, cf = fixture_dirs
+    run = root / "damaged"
+    # killed while pruning: two complete checkpoints, as when the best is not the latest
+    pruned = int(_kill_when_stalled(root, _args(data, llm, cf, run), "prune"))
+    ckpt = RunCheckpoints(run, writable=False)
+    steps = ckpt.steps()
+    ckpt.close()
+    assert len(steps) >= 2 and pruned in steps
+    files = _truncate_params_files(run, steps[0])
+
+    # resume: the latest checkpoint is unreadable -> resumed from the next one, said on stderr
+    resumed = subprocess.run(_args(data, llm, cf, run), cwd=ROOT, env=_env(root), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    aside = run / "unreadable-checkpoints" / str(steps[0])
+    said = [line for line in resumed.stderr.splitlines() if line.startswith("checkpoint step")]
+    assert len(said) == 1, resumed.stderr[-3000:]
+    _named_file(said[0], rf"checkpoint step {steps[0]} is unreadable \((?P<file>.+): truncated to 10 bytes, its index "
+                         rf"needs \d+ bytes\); resuming from step {steps[1]} \(moved to {re.escape(str(aside))}\)", files)
+    assert f"resuming from step {steps[1]} " in resumed.stdout
+    assert (aside / "params").is_dir()  # kept for inspection, out of the checkpoint manager's way
+    _assert_ends_like_the_full_run(root, run)
+
+    # evaluation of a run whose best checkpoint is unreadable: one line naming the step and the file
+    best = json.loads((run / "summary.json").read_text())["best_step"]
+    files = _truncate_params_files(run, best)
+    line = _error_line(capsys, _load_eval_cli().main, ["--run", str(run), "--split", "test", "--limit", "4", "--no-progress"])
+    _named_file(line, rf"error: checkpoint step {best} is unreadable \((?P<file>.+): truncated to 10 bytes, its index "
+                      rf"needs \d+ bytes\)", files)
+
+    # no intact checkpoint left: resuming stops before loading anything, saying how to start over
+    for step in {MAX_STEPS, best} - {best}:
+        _truncate_params_files(run, step)
+    line = _error_line(capsys, _load_train_cli().main, _args(data, llm, cf, run)[2:])
+    assert line.startswith(f"error: no checkpoint of {run} can be read (checkpoint step {MAX_STEPS} is unreadable (")
+    assert f"checkpoint step {best} is unreadable (" in line
+    assert line.endswith(f": start over with a new --out folder, or move {run / 'checkpoints'} away and rerun the same command")
+
+
+STALL_AT = 12
+
+
+def test_sigkill_during_an_async_save_then_resume_ends_like_the_uninterrupted_run(runs, fixture_dirs):
+    root, data, llm, cf = fixture_dirs
+    run = root / "killed-in-save"
+    _kill_when_stalled(root, _args(data, llm, cf, run), "save", STALL_AT)
     # killed with step STALL_AT's save under way: its temporary folder is there, the step is not
     assert any(p.name.startswith(f"{STALL_AT}.") for p in (run / "checkpoints").iterdir())
     ckpt = RunCheckpoints(run, writable=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 import flax.struct
 import jax
@@ -24,7 +23,6 @@ from flax import nnx
 from cora_jax.errors import CoraError
 from cora_jax.nn import dropout
 
-ModelKind = Literal["mf", "lightgcn", "sasrec"]
 MODEL_KINDS: tuple[str, ...] = ("mf", "lightgcn", "sasrec")
 LN_EPS = 1e-8  # the reference SASRec's LayerNorm epsilon
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from cora_jax.assets import cache_dir, ml100k_recbole_dir
 from cora_jax.data.split import (
-    SPLIT_NAMES, DataError, Dataset, Split, gather_ranges, load_dataset, offsets_from_lengths, write_dataset,
+    SPLIT_NAMES, DataError, Dataset, Split, gather_ranges, offsets_from_lengths, write_dataset,
 )
 
 RECIPE_VERSION = 1  # bump when the recipe changes, so cached builds are rebuilt
@@ -437,7 +437,3 @@ def ensure_ml100k() -> pathlib.Path:
     if not _is_current_build(out):
         build_to("ml-100k-recbole", out)
     return out
-
-
-def load_ml100k() -> Dataset:
-    return load_dataset(ensure_ml100k())

@@ -30,11 +30,6 @@ class WeightError(CoraError, ValueError):
 
 
 # ------------------------------------------------------------------------------- name maps
-_LAYER_SUBPATHS = {  # HF suffix after model.layers.{i}. -> our path inside model.layers
-    "self_attn.q_proj": ("self_attn", "q_proj"), "self_attn.k_proj": ("self_attn", "k_proj"),
-    "self_attn.v_proj": ("self_attn", "v_proj"), "self_attn.o_proj": ("self_attn", "o_proj"),
-    "mlp.gate_proj": ("mlp", "gate_proj"), "mlp.up_proj": ("mlp", "up_proj"), "mlp.down_proj": ("mlp", "down_proj"),
-}
 _GGUF_LAYER = {  # GGUF blk.{i}.X -> HF model.layers.{i}.Y
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import pathlib
 import re
 import shutil
@@ -47,7 +48,7 @@ class ConfigMismatchError(CoraError, ValueError):
     """The run directory holds checkpoints of a different configuration."""
 
 
-class CheckpointReadError(CoraError):
+class CheckpointReadError(CoraError, OSError):
     """A checkpoint with a missing, truncated or corrupt file."""
 
     def __init__(self, step: int, file: str, why: str):
@@ -55,11 +56,11 @@ class CheckpointReadError(CoraError):
         super().__init__(f"checkpoint step {step} is unreadable ({file}: {why})")
 
 
-class NoIntactCheckpointError(CoraError):
+class NoIntactCheckpointError(CoraError, OSError):
     """Every checkpoint of a run is unreadable."""
 
 
-class DiskSpaceError(CoraError):
+class DiskSpaceError(CoraError, OSError):
     """The checkpoint folder's disk cannot hold the next checkpoint."""
 
 
@@ -230,6 +231,7 @@ class RunCheckpoints:
         """read() of `items` of step, their data files checked first; an unreadable file raises
         CheckpointReadError naming it (other errors, e.g. a template of another structure, pass)."""
         step_dir = self.directory / str(step)
+        _quiet_orphaned_reads()  # before reading: the noise of a failed read starts as soon as it fails
         try:
             for item in items:
                 damage = _damaged_file(step_dir / item)
@@ -241,7 +243,6 @@ class RunCheckpoints:
         except Exception as err:
             if not _unreadable(err):
                 raise
-            _quiet_orphaned_reads()
             raise CheckpointReadError(step, *_describe(err, step_dir, items)) from None
 
     def close(self) -> None:
@@ -323,7 +324,7 @@ def _damaged_file(item_dir: pathlib.Path) -> tuple[str, str] | None:
             if not path.is_file():
                 return str(path), "missing"
             if path.stat().st_size < need:
-                return str(path), f"truncated to {path.stat().st_size} bytes, its index needs {need}"
+                return str(path), f"truncated to {path.stat().st_size} bytes, its index needs {need} bytes"
     except _UnreadableIndex as err:
         return err.file, err.why
     return None
@@ -378,11 +379,14 @@ def _value_file(item_dir: pathlib.Path, key: bytes) -> str | None:
 
 def _quiet_orphaned_reads() -> None:
     """After a failed restore, Orbax's other reads of the checkpoint end on its closed event loop, each
-    printing an 'Event loop is closed' traceback when collected (hundreds for a large model); the
-    error already said what is wrong, so drop just those."""
-    previous = sys.unraisablehook
-    if getattr(previous, "cora_quiets_orbax", False):
+    printing an 'Event loop is closed' traceback or a 'Task exception was never retrieved' log record
+    (hundreds for a large model); the CheckpointReadError already says what is wrong, so these
+    process-wide filters drop just those. Installed once."""
+    global _quiet
+    if _quiet:
         return
+    _quiet = True
+    previous = sys.unraisablehook
 
     def hook(u) -> None:
         orbax_coroutine = inspect.iscoroutine(u.object) and "/orbax/" in u.object.cr_code.co_filename
@@ -390,8 +394,12 @@ def _quiet_orphaned_reads() -> None:
         if not (orbax_coroutine or loop_closed):
             previous(u)
 
-    hook.cora_quiets_orbax = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda r: not (str(r.msg).startswith("Task exception was never retrieved") and "/orbax/" in r.getMessage()))
+
+
+_quiet = False
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

@@ -5,9 +5,10 @@ checkpoints (latest + best) and exact resume.
 Exact resume: everything a step consumes is a function of (step, seed) or of checkpointed state.
 Batch composition comes from `TrainOrder` (a per-pass permutation seeded by (seed, pass)), dropout
 keys are `fold_in(key, step)`, and the trainable parameters + optimiser state + early-stopping
-counters are restored from the newest intact checkpoint (newer unreadable ones are set aside). A run killed at any point and restarted with the
-same config therefore replays the same steps and ends with the same parameters. The restore lands
-every array directly in its shards on the resuming mesh, which may differ from the one that saved.
+counters are restored from the newest intact checkpoint (newer unreadable ones are set aside). A
+run killed at any point and restarted with the same config therefore replays the same steps and
+ends with the same parameters. The restore lands every array directly in its shards on the
+resuming mesh, which may differ from the one that saved.
 """
 from __future__ import annotations
 
@@ -162,7 +163,8 @@ def binllm_features(cfg: TrainConfig, ds, cf) -> Callable[[int, int], tuple[str,
             codes = train_binary_codes(cf, ds["train"], ds["valid"], cfg.method.binary, progress=cfg.progress)
         except ValueError as err:
             raise SetupError(f"binllm: {err}") from None
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # the run folder may not exist yet: setup runs before it is created
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_codes(codes, path)
     if codes.user.shape[0] != ds.user_num or codes.item.shape[0] != ds.item_num:
         raise SetupError(f"{path}: codes for {codes.user.shape[0]} users x {codes.item.shape[0]} items, "

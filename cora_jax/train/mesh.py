@@ -213,11 +213,6 @@ def param_sharding_of(mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Ca
     return lambda var: _sharding((), var, mesh, rules)
 
 
-def shard_state(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Any:
-    """The state placed on the mesh by its logical axes (jax.device_put with state_shardings)."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
-
-
 def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, param_shardings: Any,
                         mesh: jax.sharding.Mesh) -> Any:
     """Optimiser-state shardings: each parameter-shaped subtree (Adam mu, nu) follows its
@@ -369,13 +364,4 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying concrete NamedShardings: the Orbax restore target that lands
     each restored array directly in its shards (an AbstractMesh does not work with Orbax 0.12)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
-
-
-def describe(state: Any) -> dict[str, str]:
-    """'path' -> 'shape spec' of every array of a state (for logs and tests)."""
-    out = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
-        spec = x.sharding.spec if isinstance(getattr(x, "sharding", None), NamedSharding) else None
-        out["/".join(_path_names(path))] = f"{tuple(x.shape)} {spec}"
-    return out
 

@@ -2,7 +2,8 @@
 Table-4-style table over CoRA runs with different `targets`, an ID-only vs with-text table as in the paper's
 Fig. 6), warm_cold.png and, when some method has both forms, id_only.png. Reads results files only, plus
 the per-row test scores (scores.jsonl beside results.json) for a paired DeLong test of each method against a
-reference method (`--versus`, default CoRA-MF), in report.md and report.json.
+reference method (`--versus`, default CoRA-MF), in report.md and report.json, and the training metrics of the
+inputs that have them (DIR/metrics.jsonl) for curves.png (cora_jax/train/curves.py).
 
 Each RUN_DIR may be a CoRA run dir (RUN/eval/results.json, targets from RUN/config.json), an eval /
 zero-shot / demo output dir or a CF run dir (DIR/results.json), or a results.json path.
@@ -441,14 +442,17 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="eval.py report", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help=EXPECTED)
     ap.add_argument("--out", required=True,
-                    help="output folder (created): report.md, report.json, warm_cold.png, id_only.png")
+                    help="output folder (created): report.md, report.json, warm_cold.png, id_only.png, curves.png")
     ap.add_argument("--versus", metavar="NAME",
                     help=f"the reference method of the paired DeLong test: a method (default {DEFAULT_VERSUS}) or a "
                          "row's label in report.md, e.g. 'CoRA-MF [run]'")
     a = ap.parse_args(argv)
+    from cora_jax.train.curves import load_curves, plot_curves  # here: curves imports this module
+
     try:
         records = load_results(a.runs)
         paired = paired_vs_reference(records, a.versus or DEFAULT_VERSUS, explicit=a.versus is not None)
+        curves = load_curves(a.runs)
     except ReportError as e:
         sys.exit(f"eval.py report: {e}")
     out = pathlib.Path(a.out)
@@ -456,6 +460,9 @@ def main(argv: list[str]) -> None:
     plot_warm_cold(records, out / "warm_cold.png")
     if pairs := id_only_pairs(records):
         plot_id_only(pairs, out / "id_only.png")
-    (out / "report.md").write_text(markdown(records, paired))
+    if curves:
+        plot_curves(curves, out / "curves.png")
+    figure = "\n![training loss and valid AUC against step](curves.png)\n" if curves else ""
+    (out / "report.md").write_text(markdown(records, paired) + figure)
     (out / "report.json").write_text(json.dumps(report_json(records, paired), indent=2, ensure_ascii=False) + "\n")
     print(out / "report.md")

@@ -48,7 +48,7 @@ def tiny_llm_dir(out: str | pathlib.Path, texts: list[str], *, hidden: int = 32,
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # The answers too, so that " Yes" / " No" are tokens of their own as in real vocabularies.
-    tok.train_from_iterator([*texts, *[" Yes", " No"] * 64], trainer)
+    tok.train_from_iterator([*texts, *[" Yes", " No"] * 4096], trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>").save_pretrained(out)
     vocab = tok.get_vocab_size()
 

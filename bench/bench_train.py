@@ -7,6 +7,7 @@ The LLM:
     --llm smollm2                 the embedded SmolLM2-135M weights, loaded straight into their shardings
     --llm PATH                    an HF model directory or a .gguf file, loaded the same way
     --llm smollm2_135m|llama2_7b  that shape (llama2_7b = Vicuna-7B) with random weights, created sharded
+    --llm PATH/config.json        the shape an HF config.json gives, the same way
 The batch: --batch rows of --seq random token ids (no padding), random CF embeddings and labels.
 
 Model FLOPs of one step (what MFU counts; recompute under --remat is not counted):
@@ -25,6 +26,7 @@ bfloat16 dense: 989) or, without it, a jitted square matmul in the compute dtype
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
@@ -63,6 +65,9 @@ def parse(argv: list[str]):
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps after the compile (CPU: heap pages fault in)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (their mean is reported)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="per-device peak; default: measured here")
+    ap.add_argument("--attention", default="reference", choices=("reference", "dot_product"),
+                    help="LlamaConfig.attention_impl (dot_product: cuDNN's fused kernel on a GPU)")
+    ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     if args.warmup < 0 or args.steps < 1:
         ap.error("--warmup must be >= 0 and --steps >= 1")
@@ -82,11 +87,12 @@ def model_flops(cfg: LlamaConfig, targets: tuple[str, ...], rank: int, batch: in
 
 def frozen_llm(args, mesh) -> Llama:
     """The LLM with every weight already in its sharding on `mesh`."""
-    if args.llm not in RANDOM_SHAPES:
+    if args.llm not in RANDOM_SHAPES and not args.llm.endswith(".json"):
         llm, _ = load_llm(None if args.llm == "smollm2" else args.llm, dtype=jnp.dtype(args.dtype), remat=args.remat,
                           progress=False, sharding_of=M.param_sharding_of(mesh))
+        llm.config = llm.config.replace(attention_impl=args.attention)
         return llm
-    cfg = llm_config(args.llm, args.dtype, args.remat)
+    cfg = llm_config(args.llm, args.dtype, args.remat).replace(attention_impl=args.attention)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))
     state = jax.jit(lambda: nnx.split(Llama(cfg, rngs=nnx.Rngs(0)))[1],
                     out_shardings=M.state_shardings(abstract, mesh))()
@@ -137,7 +143,8 @@ def main(argv: list[str]):
     flops = model_flops(cfg, TARGET_PRESETS[args.targets], args.rank, B, T)
     achieved = flops / step_s / mesh.size / 1e12
     print(f"{jax.devices()[0].device_kind} x{mesh.size}, mesh data x fsdp x tensor = {' x '.join(map(str, shape))}; "
-          f"LLM {args.llm} ({cfg.num_params() / 1e9:.3f} B parameters), {args.dtype}, remat {args.remat}; "
+          f"LLM {args.llm} ({cfg.num_params() / 1e9:.3f} B parameters), {args.dtype}, remat {args.remat}, "
+          f"attention {args.attention}; "
           f"batch {B} x {T} tokens, rank {args.rank}, {args.targets}")
     print(f"compile {compile_s:.1f} s; step {step_s:.3f} s (mean of {args.steps} after {args.warmup} untimed; last loss "
           f"{loss:.4f}): {B / step_s:.2f} samples/s, {B * T / step_s:,.0f} tokens/s")
@@ -146,6 +153,12 @@ def main(argv: list[str]):
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         print(f"device 0 allocator peak: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "devices": mesh.size, "llm": args.llm, "dtype": args.dtype,
+                       "attention": args.attention, "batch": B, "seq": T, "compile_s": compile_s, "step_s": step_s,
+                       "samples_per_s": B / step_s, "model_tflop_per_step": flops / 1e12, "peak_tflops": peak,
+                       "mfu": achieved / peak, "peak_bytes_in_use": stats.get("peak_bytes_in_use")}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def _seven_b(cfg: TrainConfig, out: str) -> TrainConfig:
 
 # --- The embedded demo: ML-100K + SmolLM2 + MF, whole pipeline in < 20 min on 2 CPU cores -------
 # A fixed 128 steps (so every machine gives the same numbers), sized for the slowest 2-core CPU seen (6.5 s a
-# step); 3 history titles and lengths padded to multiples of 32 keep prompts short and compiled shapes few.
+# step); 3 history titles, lengths padded to multiples of 32 and length-bucketed batches keep prompts short,
+# padding low and compiled shapes few.
 # The best of four evaluations on 128 valid_small rows is kept; `train.py demo` then scores 384 test rows.
 # The 16-minute wall budget is only a safety net: it warns when it cuts training short.
 DEMO_ML100K = TrainConfig(
@@ -76,7 +77,7 @@ DEMO_ML100K = TrainConfig(
     model=CoRAConfig(rank=16, alpha=32.0),
     optim=OptimConfig(lr=1e-3, warmup_steps=20, decay_steps=128, grad_clip=1.0),
     max_titles=3, batch_size=8, eval_every=32, patience=4, max_steps=128, valid_limit=128,
-    length_bucket=32, max_wall_minutes=16.0,
+    length_bucket=32, bucket_train=True, max_wall_minutes=16.0,
 )
 
 PRESETS: dict[str, TrainConfig] = {

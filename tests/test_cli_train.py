@@ -14,6 +14,7 @@ from cora_jax.data import DataError, PromptConfig, load_dataset, split_prompts
 from cora_jax.train import TrainConfig, load_setup, train
 from cora_jax.train.loop import SetupError, get_split
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+from cli_helpers import error_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,28 +46,17 @@ def test_paper_presets_follow_the_reference():
     assert (g.num_queries, g.num_layers, g.hidden, g.num_heads, g.ffn_dim, g.dropout, g.ln_eps) == (4, 8, 512, 8, 3072, 0.1, 1e-12)
 
 
-def _error_line(capsys, main, argv: list[str]) -> str:
-    """The one line a refused command prints (exit status 2, nothing else on stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
 def test_unknown_preset_and_unknown_command_exit_with_the_list(capsys):
     train_cli = _load("train")
-    line = _error_line(capsys, train_cli.main, ["cora", "--preset", "cora-mf-ml2m"])
+    line = error_line(capsys, train_cli.main, ["cora", "--preset", "cora-mf-ml2m"])
     assert "unknown preset 'cora-mf-ml2m' (--preset)" in line and "cora-mf-ml1m" in line
-    assert "use one of cora, cf, demo, presets" in _error_line(capsys, train_cli.main, ["fit"])
+    assert "use one of cora, cf, demo, presets" in error_line(capsys, train_cli.main, ["fit"])
 
 
 def test_eval_cli_needs_run_or_zero_shot(capsys):
     eval_cli = _load("eval")
-    assert "exactly one of --run" in _error_line(capsys, eval_cli.main, ["--limit", "3"])
-    assert "--zero-shot needs --data" in _error_line(capsys, eval_cli.main, ["--zero-shot"])
+    assert "exactly one of --run" in error_line(capsys, eval_cli.main, ["--limit", "3"])
+    assert "--zero-shot needs --data" in error_line(capsys, eval_cli.main, ["--zero-shot"])
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +168,13 @@ def test_train_cli_refuses_in_one_line_and_writes_nothing(tiny, broken_llms, cap
     flags, expected = TRAIN_REFUSALS[case]
     out = root / f"refused-{case}"
     argv = _train_argv(root, data, llm, out, **{k: v.format(**names) for k, v in flags.items()})
-    assert expected.format(**names) in _error_line(capsys, _load("train").main, argv)
+    assert expected.format(**names) in error_line(capsys, _load("train").main, argv)
     assert not out.exists()  # not even an empty run directory
 
 
 def test_eval_cli_of_a_missing_run_says_what_to_give(tiny, capsys):
     root = tiny[0]
-    line = _error_line(capsys, _load("eval").main, ["--run", str(root / "no-run")])
+    line = error_line(capsys, _load("eval").main, ["--run", str(root / "no-run")])
     assert line == (f"error: not a training run directory (--run {root / 'no-run'}: no such folder): "
                     "give the --out folder of a python train.py cora run")
     assert not (root / "no-run").exists()
@@ -213,7 +203,7 @@ def test_refused_resume_leaves_the_run_directory_intact(tiny, capsys):
     write_json(run / "config.json", to_dict(cfg))
     (run / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
     before = _files(run)
-    line = _error_line(capsys, _load("train").main, _train_argv(root, data, llm, run, **{"--model.rank": "3"}))
+    line = error_line(capsys, _load("train").main, _train_argv(root, data, llm, run, **{"--model.rank": "3"}))
     assert line.startswith("error: refusing to resume a run of another configuration (")
     assert f"model.rank: {cfg.model.rank} (checkpoint) vs 3 (requested)" in line
     assert line.endswith("use a new --out folder, or rerun with the checkpoint's settings")

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from cora_jax.llm import LlamaConfig, LowRankDelta, TARGETS, llama2_7b
-from cora_jax.llm.model import _attention_probs, _swiglu, abstract_llama, param_count
+from cora_jax.llm.attention import _attention_probs
+from cora_jax.llm.model import _swiglu, abstract_llama, param_count
 from llm_helpers import tiny_config, tiny_model
 
 B, T, R = 3, 7, 5

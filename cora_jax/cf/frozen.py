@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from cora_jax.cf.models import CFBatch, CFModel, CFModelSpec, build_model
+from cora_jax.cf.models import CFBatch, CFConfigError, CFModel, CFModelSpec, build_model
 
 if TYPE_CHECKING:
     from cora_jax.data import Split
@@ -39,11 +39,11 @@ def split_batch(split: "Split", seq_len: int) -> CFBatch:
 def check_ids(spec: CFModelSpec, split: "Split") -> None:
     """Refuse ids outside the id space the model was trained on (they would silently gather garbage)."""
     if len(split) == 0:
-        raise ValueError(f"split {split.name!r} is empty")
+        raise CFConfigError(f"split {split.name!r} is empty")
     for field, limit, values in (("uid", spec.user_num, split.uid), ("iid", spec.item_num, split.iid)):
         top = int(np.max(values))
         if top >= limit or int(np.min(values)) < 0:
-            raise ValueError(
+            raise CFConfigError(
                 f"split {split.name!r} field {field}: id {top} is outside the CF model's range [0, {limit}); "
                 "the dataset does not match the one the model was trained on"
             )
@@ -131,7 +131,8 @@ def load_cf(path) -> FrozenCF:
     known = {f.name for f in dataclasses.fields(CFModelSpec)}
     unknown = set(spec_fields) - known
     if unknown:
-        raise ValueError(f"{config_path}: unknown model field(s) {sorted(unknown)}")
+        raise CFConfigError(f"{config_path}: unknown model field(s) {sorted(unknown)}: written by another version; "
+                            "retrain the CF model with this one")
     spec = CFModelSpec(**spec_fields)
     abstract = nnx.eval_shape(lambda: build_model(spec))
     graphdef, state = nnx.split(abstract)

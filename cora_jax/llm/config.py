@@ -20,6 +20,8 @@ from cora_jax.errors import CoraError
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # Per-layer rematerialisation policies (see model._remat_policy).
 REMAT_POLICIES = ("none", "full", "dots")
+# Attention implementations (cora_jax/llm/attention.py).
+ATTENTION_IMPLS = ("reference", "dot_product")
 # Decoders of the Llama layout we build: HF config.json `model_type`s and GGUF `general.architecture`s.
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
 GGUF_ARCHITECTURES = ("llama", "qwen2")
@@ -79,6 +81,7 @@ class LlamaConfig:
     dtype: str = "float32"                     # compute dtype of activations and matmuls
     param_dtype: str = "float32"               # storage dtype of the weights
     remat: str = "none"                        # per-layer rematerialisation: "none" | "full" | "dots"
+    attention_impl: str = "reference"          # "reference" | "dot_product" (jax.nn.dot_product_attention: cuDNN on a GPU)
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -96,6 +99,8 @@ class LlamaConfig:
                               f"head_dim {self.head_dim} needs {self.head_dim // 2}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         for field in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, field))

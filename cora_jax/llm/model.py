@@ -24,6 +24,7 @@ from flax import nnx, struct
 
 from cora_jax.nn import dropout
 
+from .attention import attend, build_mask
 from .config import LlamaConfig
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -169,7 +170,6 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
         self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), use_bias=cfg.attention_bias, **kw)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
-        self.dtype = cfg.compute_dtype
 
 
 class MLP(nnx.Module):
@@ -190,8 +190,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg, stack=stack)
         self.mlp = MLP(cfg, stack=stack, rngs=rngs)
 
-    def __call__(self, h_btd, cos_btd, sin_btd, bias_b1ts, lora: "_LayerLora") -> jax.Array:
-        """h_btd: [B, T, D]; cos/sin: [B, T, head_dim]; bias_b1ts: [B, 1, T, S] additive mask."""
+    def __call__(self, h_btd, cos_btd, sin_btd, attn, lora: "_LayerLora") -> jax.Array:
+        """h_btd: [B, T, D]; cos/sin: [B, T, head_dim]; attn: (q, k, v) -> context (attention.attend)."""
         att = self.self_attn
         B, T, _ = h_btd.shape
         x = self.input_layernorm(h_btd)
@@ -199,17 +199,7 @@ class DecoderLayer(nnx.Module):
         q = att.q_proj(x, lora("q_proj")).reshape(B, T, att.n_heads, att.head_dim)
         k = att.k_proj(x, lora("k_proj")).reshape(B, T, att.n_kv, att.head_dim)
         v = att.v_proj(x, lora("v_proj")).reshape(B, T, att.n_kv, att.head_dim)
-        q, k = _rotate(q, cos_btd, sin_btd), _rotate(k, cos_btd, sin_btd)
-        g = att.n_heads // att.n_kv  # query heads per key/value head (GQA); 1 = MHA, n_heads = MQA
-        # kv-head-major layout, a kv head's g query heads stacked as rows [B, n_kv, g*T, hd]: plain
-        # batched matmuls, about 2x faster on CPU than one einsum over the [B, T, heads, hd] layout
-        q = q.reshape(B, T, att.n_kv, g, att.head_dim).transpose(0, 2, 3, 1, 4).reshape(B, att.n_kv, g * T, att.head_dim)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        scores = jnp.einsum("bkqh,bksh->bkqs", q, k).astype(jnp.float32) / math.sqrt(att.head_dim)
-        scores = (scores.reshape(B, att.n_kv, g, T, -1) + bias_b1ts[:, :, None]).reshape(B, att.n_kv, g * T, -1)
-        probs = _attention_probs(scores, att.dtype)
-        ctx = jnp.einsum("bkqs,bksh->bkqh", probs, v).reshape(B, att.n_kv, g, T, att.head_dim)
-        ctx = ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, att.n_heads * att.head_dim)
+        ctx = attn(_rotate(q, cos_btd, sin_btd), _rotate(k, cos_btd, sin_btd), v)
         lora.new_input(1, ctx)
         h_btd = h_btd + att.o_proj(ctx, lora("o_proj"))
 
@@ -219,27 +209,6 @@ class DecoderLayer(nnx.Module):
         hidden = _swiglu(gate, up)
         lora.new_input(3, hidden)
         return h_btd + self.mlp.down_proj(hidden, lora("down_proj"))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _attention_probs(scores: jax.Array, dtype) -> jax.Array:
-    """softmax of float32 scores over the last axis, in the compute dtype. Its own VJP keeps only
-    these probabilities for the backward pass, the array the context einsum reads anyway; autodiff
-    kept the float32 softmax output and its sums beside them (a second [B, heads, T, T] array per layer)."""
-    return jax.nn.softmax(scores, axis=-1).astype(dtype)
-
-
-def _attention_probs_fwd(scores, dtype):
-    probs = _attention_probs(scores, dtype)
-    return probs, probs
-
-
-def _attention_probs_bwd(dtype, probs, g):
-    p32, g32 = probs.astype(jnp.float32), g.astype(jnp.float32)
-    return (p32 * (g32 - jnp.sum(g32 * p32, axis=-1, keepdims=True)),)
-
-
-_attention_probs.defvjp(_attention_probs_fwd, _attention_probs_bwd)
 
 
 @jax.custom_vjp
@@ -330,14 +299,8 @@ class Llama(nnx.Module):
         ang = pos.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
         ang = jnp.concatenate([ang, ang], axis=-1)
         cos, sin = (jnp.cos(ang) * att_scale).astype(dt), (jnp.sin(ang) * att_scale).astype(dt)
-        q_idx, k_idx = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
-        causal = k_idx <= q_idx
-        if cfg.sliding_window is not None:
-            # transformers' convention: key j is seen from query i iff i - window < j <= i. Counted in
-            # sequence indices, which equal positions here: a row's real tokens are contiguous.
-            causal &= k_idx > q_idx - cfg.sliding_window
-        allowed = causal[None, None] & (mask[:, None, None, :] > 0)
-        bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)  # [B, 1, T, S]
+        att_mask = build_mask(cfg, mask)  # [B, 1, T, S], built once for every layer
+        attn = partial(attend, cfg, mask_b1ts=att_mask)
 
         per_layer, shared, a_keys, b_all = self._split_delta(delta, B)
         graphdef, layer_state = nnx.split(self.model.layers)
@@ -351,7 +314,7 @@ class Llama(nnx.Module):
                 arrays = [a_l[i] if i in a_l else shared[i] for i in range(len(shared))]
                 rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, idx)
                 lora = _LayerLora(a_keys, arrays, b_l, delta.scale, delta.dropout_rate, rng, dt)
-            return layer(h_btd, cos, sin, bias, lora), None
+            return layer(h_btd, cos, sin, attn, lora), None
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=False)

@@ -7,9 +7,13 @@ from typing import Any
 
 from cora_jax.baselines import MethodConfig
 from cora_jax.cora import CoRAConfig
-from cora_jax.errors import FlagError, flag_prefix
+from cora_jax.errors import CoraError, FlagError, flag_prefix
 from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.optim import OptimConfig
+
+
+class StoredConfigError(CoraError, ValueError):
+    """A config.json of a run that this version cannot rebuild."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +84,8 @@ def from_dict(cls: type, d: dict, where: str = "config") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}")
+        raise StoredConfigError(f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}: written by another "
+                                "version of cora_jax, or edited by hand")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:

@@ -150,15 +150,24 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
     if best is None:
         raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
     setup = setup or load_setup(cfg, mesh=device_mesh)
-    model = build_model(cfg, setup)
-    graphdef, st = restore_trainable(run_dir, best, model, device_mesh)
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, device_mesh), st, device_mesh)
+    graphdef, st = restore_trainable(run_dir, best, build_model(cfg, setup), device_mesh)
+    return score_trained(cfg, setup, graphdef, st, device_mesh, source={"run": str(run_dir), "best_step": best},
+                         label=f"{run_dir}, best step {best}", splits=splits, limit=limit, sample_seed=sample_seed,
+                         out=pathlib.Path(out or run_dir / "eval"), progress=progress, t0=t0)
+
+
+def score_trained(cfg: TrainConfig, setup: Setup, graphdef, st: M.ShardedState, mesh: jax.sharding.Mesh, *,
+                  source: dict, label: str, splits: tuple[str, ...], limit: int | None, sample_seed: int | None,
+                  out: pathlib.Path, progress: bool, t0: float) -> dict:
+    """Score a trained recommender (graphdef + its placed state) and write into `out`; returns the
+    results dict. source: where the parameters came from (run, best_step, ...); label: said in the title."""
+    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
     tag = method_name(cfg, setup.cf.kind if setup.cf is not None else None)
     ours, cf_m, records = score_splits(setup, lambda b: eval_step(st.trainable, st.frozen, b), splits, limit,
-                                       sample_seed, cfg.eval_batch_size, cfg.length_bucket, tag, device_mesh, progress)
+                                       sample_seed, cfg.eval_batch_size, cfg.length_bucket, tag, mesh, progress)
     results = {
-        "title": f"{tag} ({run_dir}, best step {best})", "kind": "cora", "method": cfg.method.kind,
-        "with_titles": cfg.with_titles, "run": str(run_dir), "best_step": best,
+        "title": f"{tag} ({label})", "kind": "cora", "method": cfg.method.kind,
+        "with_titles": cfg.with_titles, **source,
         "data": cfg.data, "llm": cfg.llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit,
         "models": {tag: ours, **({f"{CF_NAMES[setup.cf.kind]} (CF, same rows)": cf_m} if cf_m else {})},
         "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {
@@ -166,7 +175,7 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
         "note": _limit_note(limit, sample_seed),
         "wall_s": time.time() - t0,
     }
-    return {**results, "results_json": str(write_outputs(pathlib.Path(out or run_dir / "eval"), results, records))}
+    return {**results, "results_json": str(write_outputs(out, results, records))}
 
 
 def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("test", "valid"), limit: int | None = None,

@@ -324,15 +324,16 @@ def base_score_fn(llm, answer_id: int, mesh: jax.sharding.Mesh) -> Callable:
     return lambda b: fn(state, b["ids"], b["mask"])
 
 
-def build_model(cfg: TrainConfig, setup: Setup) -> nnx.Module:
+def build_model(cfg: TrainConfig, setup: Setup, frozen_lora: dict | None = None) -> nnx.Module:
     """The run's recommender (CoRA or a baseline) around the frozen setup.llm, with fresh trainables
-    (and, for mc.lora_from, that run's LoRA loaded and frozen)."""
+    (and, for mc.lora_from, that run's LoRA loaded and frozen; `frozen_lora`: that LoRA already in
+    hand, as load_frozen_lora returns it, e.g. from an exported adapter)."""
     from cora_jax.baselines import CoLLM, PersonPrompt, Prompt4NR, TALLRec
 
     mc, rngs = cfg.method, nnx.Rngs(params=cfg.seed)
     if mc.kind == "cora":
         return CoRA(cfg.model, setup.llm, setup.cf.dim, setup.answer_id, rngs=rngs)
-    lora = None if mc.lora_from is None else load_frozen_lora(mc, setup)
+    lora = None if mc.lora_from is None else frozen_lora if frozen_lora is not None else load_frozen_lora(mc, setup)
     if mc.kind == "collm":
         return CoLLM(mc, setup.llm, setup.answer_id, setup.cf.dim, rngs=rngs, loaded_lora=lora)
     if mc.kind == "prompt4nr":

@@ -69,14 +69,17 @@ def _per_device_bytes(tree, shardings) -> int:
     return total
 
 
-def estimate(req: MemoryRequest) -> dict:
-    """Per-device memory figures (bytes) of a sharded CoRA train step for `req`."""
+def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
+    """The sharded CoRA train step of `req` lowered on abstract, sharded inputs (nothing allocated):
+    {"lowered", "trainable", "frozen", "opt_state" (abstract states), "shardings" (trainable, frozen,
+    optimiser), "mesh"}. llm_cfg (a LlamaConfig) replaces req.llm/dtype/remat; generator (a
+    GeneratorConfig) replaces the paper's."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig
+    from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
     from cora_jax.llm import Llama
     from cora_jax.train import mesh as M
     from cora_jax.train.optim import OptimConfig, make_optimizer
@@ -88,8 +91,8 @@ def estimate(req: MemoryRequest) -> dict:
     if req.batch % (req.mesh[0] * req.mesh[1]):
         raise SystemExit(f"--batch {req.batch} is not divisible by data*fsdp = {req.mesh[0] * req.mesh[1]}")
     mesh = M.make_mesh(M.MeshConfig(*req.mesh), devices=jax.devices()[:n_dev])
-    cfg = llm_config(req.llm, req.dtype, req.remat)
-    cora_cfg = CoRAConfig(rank=req.rank, alpha=2.0 * req.rank, targets=req.targets)
+    cfg = llm_config(req.llm, req.dtype, req.remat) if llm_cfg is None else llm_cfg
+    cora_cfg = CoRAConfig(generator=generator or GeneratorConfig(), rank=req.rank, alpha=2.0 * req.rank, targets=req.targets)
 
     abstract = nnx.eval_shape(lambda: CoRA(cora_cfg, Llama(cfg, rngs=nnx.Rngs(0)), req.cf_dim, 0, rngs=nnx.Rngs(1)))
     graphdef, trainable, frozen = nnx.split(abstract, TRAINABLE, ...)
@@ -106,10 +109,24 @@ def estimate(req: MemoryRequest) -> dict:
     key = jax.eval_shape(lambda: jax.random.key(0))
 
     step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
+    lowered = step.lower(M.abstract_with_shardings(trainable, tr_sh), M.abstract_with_shardings(opt_abs, opt_sh),
+                         M.abstract_with_shardings(frozen, fr_sh), batch, key)
+    return {"lowered": lowered, "trainable": trainable, "frozen": frozen, "opt_state": opt_abs,
+            "shardings": (tr_sh, fr_sh, opt_sh), "mesh": mesh}
+
+
+def estimate(req: MemoryRequest) -> dict:
+    """Per-device memory figures (bytes) of a sharded CoRA train step for `req`."""
+    import jax
+    import numpy as np
+
     t0 = time.time()
-    compiled = step.lower(M.abstract_with_shardings(trainable, tr_sh), M.abstract_with_shardings(opt_abs, opt_sh),
-                          M.abstract_with_shardings(frozen, fr_sh), batch, key).compile()
+    step = abstract_step(req)
+    compiled = step["lowered"].compile()
     compile_s = time.time() - t0
+    trainable, frozen, opt_abs = step["trainable"], step["frozen"], step["opt_state"]
+    tr_sh, fr_sh, opt_sh = step["shardings"]
+    n_dev = int(np.prod(req.mesh))
     ma = compiled.memory_analysis()
     xla = {k: int(getattr(ma, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
                                              "temp_size_in_bytes", "generated_code_size_in_bytes")}

@@ -16,7 +16,6 @@ import gzip
 import json
 import math
 import pathlib
-import sys
 
 import numpy as np
 
@@ -449,12 +448,9 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     from cora_jax.train.curves import load_curves, plot_curves  # here: curves imports this module
 
-    try:
-        records = load_results(a.runs)
-        paired = paired_vs_reference(records, a.versus or DEFAULT_VERSUS, explicit=a.versus is not None)
-        curves = load_curves(a.runs)
-    except ReportError as e:
-        sys.exit(f"eval.py report: {e}")
+    records = load_results(a.runs)  # a ReportError here reaches the entry point: one line, before any output
+    paired = paired_vs_reference(records, a.versus or DEFAULT_VERSUS, explicit=a.versus is not None)
+    curves = load_curves(a.runs)
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_warm_cold(records, out / "warm_cold.png")

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig
+from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.errors import entry_point
 from cora_jax.llm import Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
@@ -60,6 +60,7 @@ def parse(argv: list[str]):
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--targets", default="qkvo", choices=sorted(TARGET_PRESETS))
+    ap.add_argument("--gen-layers", type=int, default=GeneratorConfig().num_layers, help="generator blocks (the paper's 8)")
     ap.add_argument("--mesh", type=int, nargs=3, metavar=("DATA", "FSDP", "TENSOR"), default=None,
                     help="axis sizes over every device (-1: the rest); default: all devices on fsdp")
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps after the compile (CPU: heap pages fault in)")
@@ -108,8 +109,8 @@ def main(argv: list[str]):
 
     llm = frozen_llm(args, mesh)
     cfg = llm.config
-    model = CoRA(CoRAConfig(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets), llm, CF_DIM, 0,
-                 rngs=nnx.Rngs(1))
+    model = CoRA(CoRAConfig(GeneratorConfig(num_layers=args.gen_layers), rank=args.rank, alpha=2.0 * args.rank,
+                            targets=args.targets), llm, CF_DIM, 0, rngs=nnx.Rngs(1))
     graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     tx = make_optimizer(OptimConfig())
     st = M.place(trainable, frozen, tx, mesh)

@@ -38,7 +38,8 @@ class TrainConfig:
     train_limit: int | None = None      # use only the first N train rows (file order); None = all
     valid_limit: int | None = None      # early-stop on N valid_small rows drawn with the seed; None = all
     length_bucket: int = 8              # pad every batch's length up to a multiple of this (fewer compiles)
-    bucket_train: bool = True           # group training batches by prompt length (random batch order per pass)
+    bucket_train: bool = False          # True: group training batches by prompt length (less padding, faster);
+                                        # False: uniformly shuffled batches, as the reference
     calibrate_rows: int = 64            # train rows scored once before step 1 to start the loss offset at
                                         # logit(their positive rate) - their mean base "Yes" logit; 0 = start at 0
     seed: int = 2023                    # generator init, data order and dropout keys

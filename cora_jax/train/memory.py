@@ -38,6 +38,7 @@ class MemoryRequest:
     rank: int = 16                  # CoRA rank r
     targets: str = "qkvo"           # CoRA target preset
     cf_dim: int = 256               # CF embedding size (generator input = 2 x cf_dim)
+    gen_layers: int = 8             # generator blocks (the paper's 8)
     mesh: tuple[int, int, int] = (1, 1, 1)  # (data, fsdp, tensor)
 
 
@@ -92,7 +93,8 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
         raise SystemExit(f"--batch {req.batch} is not divisible by data*fsdp = {req.mesh[0] * req.mesh[1]}")
     mesh = M.make_mesh(M.MeshConfig(*req.mesh), devices=jax.devices()[:n_dev])
     cfg = llm_config(req.llm, req.dtype, req.remat) if llm_cfg is None else llm_cfg
-    cora_cfg = CoRAConfig(generator=generator or GeneratorConfig(), rank=req.rank, alpha=2.0 * req.rank, targets=req.targets)
+    cora_cfg = CoRAConfig(generator=generator or GeneratorConfig(num_layers=req.gen_layers), rank=req.rank,
+                          alpha=2.0 * req.rank, targets=req.targets)
 
     abstract = nnx.eval_shape(lambda: CoRA(cora_cfg, Llama(cfg, rngs=nnx.Rngs(0)), req.cf_dim, 0, rngs=nnx.Rngs(1)))
     graphdef, trainable, frozen = nnx.split(abstract, TRAINABLE, ...)
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--targets", default=d.targets)
     p.add_argument("--cf-dim", type=int, default=d.cf_dim)
+    p.add_argument("--gen-layers", type=int, default=d.gen_layers)
     p.add_argument("--mesh", default="1,1,1", help="data,fsdp,tensor sizes, e.g. 1,8,1")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         assert len(mesh) == 3 and all(m >= 1 for m in mesh)
     except (ValueError, AssertionError):
         p.error(f"--mesh {a.mesh!r}: expected three positive integers data,fsdp,tensor")
-    req = MemoryRequest(a.llm, a.batch, a.seq, a.dtype, a.remat, a.rank, a.targets, a.cf_dim, mesh)
+    req = MemoryRequest(a.llm, a.batch, a.seq, a.dtype, a.remat, a.rank, a.targets, a.cf_dim, a.gen_layers, mesh)
     res = estimate(req)
     print(json.dumps(res, indent=2)) if a.json else _print(res)
     return res

@@ -57,6 +57,7 @@ def parse():
 ARGS = parse()
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: ARGS.threads])  # before jax/torch create pools
 
+from cora_jax.errors import EXIT_STATUS, UsageError, entry_point  # noqa: E402
 from cora_jax.runtime import retain_freed_memory  # noqa: E402
 
 retain_freed_memory()  # as train.py does; torch's child gets the same malloc settings
@@ -175,12 +176,16 @@ def child(side: str) -> dict:
     """Run one side in a child process; its result is the JSON on the last line of its stdout."""
     cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode == EXIT_STATUS:  # the child refused its input in one line: pass that line on
+        lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]  # not its progress bars
+        raise UsageError(lines[-1].removeprefix("error: ") if lines else out.stderr.strip())
     if out.returncode != 0:
         sys.exit(f"the {side} child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+@entry_point
+def main(argv: list[str]) -> None:  # argv: parsed at import already (ARGS), before jax and torch start
     args = ARGS
     if args.side is not None:
         run = run_jax if args.side == "jax" else run_torch

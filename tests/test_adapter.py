@@ -16,6 +16,7 @@ from cora_jax.llm import Tokenizer
 from cora_jax.train import TrainConfig, train
 from cora_jax.train import mesh as M
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+from cli_helpers import error_line
 from eval import main
 
 # the mesh the runs trained on, and a seeded draw of rows, given to --run and --adapter alike
@@ -89,28 +90,18 @@ def test_adapter_folders_hold_safetensors_and_json_only(runs):
         assert z["user"].shape[0] == ds.user_num and z["item"].shape[0] == ds.item_num
 
 
-def _error(capsys, argv) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
 def test_other_inputs_are_refused_in_one_line(runs, capsys):
     root, ds, texts = runs
     cora, tallrec = ["--adapter", str(root / "cora-adapter"), *FLAGS], ["--adapter", str(root / "tallrec-adapter"), *FLAGS]
     other_llm = tiny_llm_dir(root / "llm-other", texts, seed=1)  # the same tokenizer, other weights
-    line = _error(capsys, [*tallrec, "--llm", str(other_llm)])
+    line = error_line(capsys, main, [*tallrec, "--llm", str(other_llm)])
     assert f"the LLM is not the one the adapter was trained with (--llm {other_llm}): model.safetensors differs (sha256 " \
            in line and f"give --llm the LLM it was trained with ({root / 'llm'})" in line
     (root / "other.gguf").write_bytes(b"GGUF")
-    assert "it is a .gguf file, the adapter's LLM was an HF model folder" in _error(
-        capsys, [*tallrec, "--llm", str(root / "other.gguf")])
-    assert f"no such file or folder (--llm {root / 'nowhere'}): give --llm the LLM the adapter was trained with" in _error(
-        capsys, [*tallrec, "--llm", str(root / "nowhere")])
+    assert "it is a .gguf file, the adapter's LLM was an HF model folder" in error_line(
+        capsys, main, [*tallrec, "--llm", str(root / "other.gguf")])
+    assert f"no such file or folder (--llm {root / 'nowhere'}): give --llm the LLM the adapter was trained with" in error_line(
+        capsys, main, [*tallrec, "--llm", str(root / "nowhere")])
 
     test = ds["test"]
     uid = test.uid.copy()
@@ -119,36 +110,36 @@ def test_other_inputs_are_refused_in_one_line(runs, capsys):
                                               splits={**ds.splits, "test": dataclasses.replace(test, uid=uid)}),
                           root / "data-wider")
     assert (f"the data's id space is {ds.user_num + 7} users x {ds.item_num} items, the adapter was trained on "
-            f"{ds.user_num} x {ds.item_num} (--data {wider})") in _error(capsys, [*cora, "--data", str(wider)])
+            f"{ds.user_num} x {ds.item_num} (--data {wider})") in error_line(capsys, main, [*cora, "--data", str(wider)])
 
     train_cf(CFTrainConfig(dim=8, max_epochs=1, seed=1, progress=False), str(root / "data"), root / "cf-seed1")
     train_cf(CFTrainConfig(dim=16, max_epochs=1, progress=False), str(root / "data"), root / "cf-dim16")
-    line = _error(capsys, [*cora, "--cf", str(root / "cf-seed1")])
+    line = error_line(capsys, main, [*cora, "--cf", str(root / "cf-seed1")])
     assert f"the CF checkpoint is not the one the adapter was trained with (--cf {root / 'cf-seed1'}): its arrays " \
            f"differ (sha256 " in line and f"give --cf the one it was trained with ({root / 'cf'})" in line
-    assert "its dim is 16, the adapter's 8" in _error(capsys, [*cora, "--cf", str(root / "cf-dim16")])
+    assert "its dim is 16, the adapter's 8" in error_line(capsys, main, [*cora, "--cf", str(root / "cf-dim16")])
 
-    assert f"not an adapter folder (--adapter {root / 'nowhere'}: no such folder)" in _error(
-        capsys, ["--adapter", str(root / "nowhere")])
-    assert "exactly one of --run DIR, --adapter DIR or --zero-shot" in _error(
-        capsys, ["--run", str(root / "tallrec"), "--adapter", str(root / "tallrec-adapter")])
-    assert f"--out {root / 'cora-adapter'} exists and is not an empty folder" in _error(
-        capsys, ["export", "--run", str(root / "cora"), "--out", str(root / "cora-adapter")])
+    assert f"not an adapter folder (--adapter {root / 'nowhere'}: no such folder)" in error_line(
+        capsys, main, ["--adapter", str(root / "nowhere")])
+    assert "exactly one of --run DIR, --adapter DIR or --zero-shot" in error_line(
+        capsys, main, ["--run", str(root / "tallrec"), "--adapter", str(root / "tallrec-adapter")])
+    assert f"--out {root / 'cora-adapter'} exists and is not an empty folder" in error_line(
+        capsys, main, ["export", "--run", str(root / "cora"), "--out", str(root / "cora-adapter")])
 
     broken = root / "tallrec-broken"
     shutil.copytree(root / "tallrec-adapter", broken)
     params = load_file(str(broken / "adapter.safetensors"))
     del params["loss_offset"]
     save_file(params, str(broken / "adapter.safetensors"))
-    assert f"{broken / 'adapter.safetensors'} does not fit the model of its config.json: loss_offset is missing" in _error(
-        capsys, ["--adapter", str(broken), *FLAGS])
+    assert f"{broken / 'adapter.safetensors'} does not fit the model of its config.json: loss_offset is missing" in error_line(
+        capsys, main, ["--adapter", str(broken), *FLAGS])
     (broken / "adapter.safetensors").write_bytes(b"not safetensors")
-    assert f"{broken / 'adapter.safetensors'}: not a readable safetensors file" in _error(
-        capsys, ["--adapter", str(broken), *FLAGS])
+    assert f"{broken / 'adapter.safetensors'}: not a readable safetensors file" in error_line(
+        capsys, main, ["--adapter", str(broken), *FLAGS])
     no_codes = root / "binllm-no-codes"
     shutil.copytree(root / "binllm-adapter", no_codes)
     (no_codes / "binary_codes.npz").unlink()
-    assert f"{no_codes / 'binary_codes.npz'} is missing" in _error(capsys, ["--adapter", str(no_codes), *FLAGS])
+    assert f"{no_codes / 'binary_codes.npz'} is missing" in error_line(capsys, main, ["--adapter", str(no_codes), *FLAGS])
     assert not (no_codes / "binary_codes.npz").exists()  # refused before anything could write new codes
 
 

@@ -17,6 +17,7 @@ from cora_jax.train.evaluate import evaluate_run
 from cora_jax.train.loop import build_model, load_run_config, load_setup, prepare_split, restore_trainable, score_rows
 from cora_jax.train.recommend import candidate_split, interacted_items, latest_row
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+from cli_helpers import error_line
 from eval import main
 
 MESH = ["--mesh.fsdp", "1"]  # the mesh the runs trained on, so that every score below comes from the same shapes
@@ -113,13 +114,7 @@ def test_items_are_scored_as_evaluation_scores_the_users_latest_row(runs, capsys
 
 
 def _error(capsys, *args) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as err:
-        main(["recommend", *map(str, args), *MESH])
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
+    return error_line(capsys, main, ["recommend", *map(str, args), *MESH])
 
 
 def test_refusals_are_one_line(runs, capsys):

@@ -25,6 +25,7 @@ from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.data import PromptConfig, load_dataset, split_prompts
 from cora_jax.train import ConfigMismatchError, RunCheckpoints, TrainConfig, from_dict, train
 from cora_jax.train import checkpoint as C
+from cli_helpers import error_line
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -220,17 +221,6 @@ def _named_file(line: str, pattern: str, files: set[str]) -> None:
     assert match and match["file"] in files, line
 
 
-def _error_line(capsys, main, argv: list[str]) -> str:
-    """The one line a refused command prints (exit status 2, nothing else on stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
 def test_evaluation_reads_no_optimiser_state(runs, tmp_path):
     """The finished run without its optimiser items scores exactly as with them."""
     root = runs[0]
@@ -320,14 +310,14 @@ def test_truncated_checkpoint_resume_falls_back_and_evaluation_names_it(runs, fi
     # evaluation of a run whose best checkpoint is unreadable: one line naming the step and the file
     best = json.loads((run / "summary.json").read_text())["best_step"]
     files = _truncate_params_files(run, best)
-    line = _error_line(capsys, _load_eval_cli().main, ["--run", str(run), "--split", "test", "--limit", "4", "--no-progress"])
+    line = error_line(capsys, _load_eval_cli().main, ["--run", str(run), "--split", "test", "--limit", "4", "--no-progress"])
     _named_file(line, rf"error: checkpoint step {best} is unreadable \((?P<file>.+): truncated to 10 bytes, its index "
                       rf"needs \d+ bytes\)", files)
 
     # no intact checkpoint left: resuming stops before loading anything, saying how to start over
     for step in {MAX_STEPS, best} - {best}:
         _truncate_params_files(run, step)
-    line = _error_line(capsys, _load_train_cli().main, _args(data, llm, cf, run)[2:])
+    line = error_line(capsys, _load_train_cli().main, _args(data, llm, cf, run)[2:])
     assert line.startswith(f"error: no checkpoint of {run} can be read (checkpoint step {MAX_STEPS} is unreadable (")
     assert f"checkpoint step {best} is unreadable (" in line
     assert line.endswith(f": start over with a new --out folder, or move {run / 'checkpoints'} away and rerun the same command")
@@ -362,7 +352,7 @@ def test_a_checkpoint_the_disk_cannot_hold_stops_cleanly(fixture_dirs, monkeypat
     monkeypatch.setattr(C, "free_space", lambda path: next(sizes, 0))
     argv = _args(data, llm, cf, run)[2:]
     argv[argv.index("--max-steps") + 1] = "8"
-    line = _error_line(capsys, _load_train_cli().main, argv)
+    line = error_line(capsys, _load_train_cli().main, argv)
     assert line.startswith(f"error: not enough disk space to save checkpoint step 8 in {run / 'checkpoints'}: it needs about ")
     assert line.endswith("MiB are free; the checkpoints written so far (steps 4) are intact: free some space and "
                          "rerun the same command to resume")

@@ -29,10 +29,10 @@ from flax import nnx
 
 from cora_jax.errors import CoraError
 from cora_jax.train import mesh as M
-from cora_jax.train.checkpoint import RunCheckpoints, write_json
+from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig, from_dict, to_dict
 from cora_jax.train.loop import (
-    BINARY_CODES_FILE, CONFIG_FILE, SetupError, build_model, load_data, load_run_config, load_setup, make_run_mesh,
+    BINARY_CODES_FILE, CONFIG_FILE, build_model, load_data, load_run_config, load_setup, make_run_mesh,
     place_model, restore_trainable,
 )
 
@@ -119,15 +119,6 @@ def _cf_difference(here: dict, there: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- export
-def _best_step(run_dir: pathlib.Path) -> int:
-    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
-    best = ckpt.best_step()
-    ckpt.close()
-    if best is None:
-        raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
-    return best
-
-
 def _host(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(jax.device_get(v), order="C") for k, v in flat_arrays(tree).items()}
 
@@ -144,7 +135,7 @@ def export_adapter(run_dir: str | pathlib.Path, out: str | pathlib.Path) -> path
         raise AdapterError(f"--out {out} exists and is not an empty folder: give a new folder")
     stored = load_run_config(run_dir)
     cfg = dataclasses.replace(stored, out=str(run_dir), progress=False)  # out: BinLLM's codes
-    best = _best_step(run_dir)
+    best = trained_best_step(run_dir)
     mesh = M.make_mesh(M.MeshConfig())
     setup = load_setup(cfg, mesh=mesh)
     model = build_model(cfg, setup)

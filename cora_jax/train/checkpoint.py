@@ -95,6 +95,22 @@ def config_diff(saved: dict, requested: dict, ignore: tuple[str, ...] = ()) -> l
     return lines
 
 
+class NoCheckpointError(CoraError, ValueError):
+    """A run asked for its trained parameters before it saved any."""
+
+
+def trained_best_step(run_dir: str | pathlib.Path, name: str | None = None) -> int:
+    """The best step of a run's checkpoints, read without writing anything; `name` says the run in the error."""
+    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
+    try:
+        best = ckpt.best_step()
+    finally:
+        ckpt.close()
+    if best is None:
+        raise NoCheckpointError(f"{name or run_dir} has no checkpoint yet (train it first)")
+    return best
+
+
 class RunCheckpoints:
     """Latest + best checkpoints under run_dir/checkpoints (step-numbered subfolders).
     writable=False only reads: it neither creates the folder nor clears a killed save's leftovers."""

@@ -15,10 +15,10 @@ import jax
 import numpy as np
 
 from cora_jax.train import mesh as M
-from cora_jax.train.checkpoint import RunCheckpoints, write_json
+from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
 from cora_jax.train.loop import (
-    SetupError, Setup, base_score_fn, build_model, get_split, load_run_config, load_setup, make_run_mesh,
+    Setup, base_score_fn, build_model, get_split, load_run_config, load_setup, make_run_mesh,
     prepare_split, restore_trainable, score_rows,
 )
 
@@ -144,11 +144,7 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
     # out: the run's own files (BinLLM codes) wherever it now lives
     cfg = dataclasses.replace(load_run_config(run_dir), out=str(run_dir), progress=progress)
     device_mesh = make_run_mesh(mesh, eval_batch_size=cfg.eval_batch_size)
-    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
-    best = ckpt.best_step()
-    ckpt.close()
-    if best is None:
-        raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
+    best = trained_best_step(run_dir)
     setup = setup or load_setup(cfg, mesh=device_mesh)
     graphdef, st = restore_trainable(run_dir, best, build_model(cfg, setup), device_mesh)
     return score_trained(cfg, setup, graphdef, st, device_mesh, source={"run": str(run_dir), "best_step": best},

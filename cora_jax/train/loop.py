@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from cora_jax.cora import TRAINABLE, CoRA
 from cora_jax.errors import CoraError, flag_prefix
 from cora_jax.train import mesh as M
-from cora_jax.train.checkpoint import RunCheckpoints, write_json
+from cora_jax.train.checkpoint import RunCheckpoints, trained_best_step, write_json
 from cora_jax.train.config import RESUMABLE_FIELDS, TrainConfig, from_dict, to_dict, with_defaults
 from cora_jax.train.optim import make_optimizer, make_schedule
 
@@ -357,11 +357,7 @@ def load_frozen_lora(mc, setup: Setup) -> dict:
                          f"{', itself with a frozen LoRA' if src.method.lora_from else ''}) trained no LoRA of its own")
     if src.method.lora != mc.lora:
         raise SetupError(f"method.lora_from {run_dir!r} trained a LoRA {src.method.lora}, but this run asks for {mc.lora}")
-    ckpt = RunCheckpoints(run, async_save=False, writable=False)
-    best = ckpt.best_step()
-    ckpt.close()
-    if best is None:
-        raise SetupError(f"method.lora_from {run_dir!r} has no checkpoint yet (train it first)")
+    best = trained_best_step(run, f"method.lora_from {run_dir!r}")
     if setup.cf is None and src.method.kind in CF_METHODS:
         raise SetupError(f"method.lora_from {run_dir!r}: that {src.method.kind} run needs the CF model, which this "
                          f"method does not load; take the LoRA of a TALLRec run")

@@ -19,7 +19,7 @@ import numpy as np
 from cora_jax.data import Dataset, Split
 from cora_jax.errors import FlagError, UsageError
 from cora_jax.train import mesh as M
-from cora_jax.train.checkpoint import RunCheckpoints
+from cora_jax.train.checkpoint import trained_best_step
 from cora_jax.train.evaluate import method_name
 from cora_jax.train.loop import (
     SetupError, build_model, load_data, load_run_config, load_setup, make_run_mesh, prepare_split,
@@ -105,11 +105,7 @@ def recommend(run_dir: str | pathlib.Path, uid: int, items: tuple[int, ...] | No
     run_dir = pathlib.Path(run_dir)
     cfg = dataclasses.replace(load_run_config(run_dir), out=str(run_dir), progress=False)  # out: BinLLM's codes
     device_mesh = make_run_mesh(mesh, eval_batch_size=cfg.eval_batch_size)
-    ckpt = RunCheckpoints(run_dir, async_save=False, writable=False)
-    best = ckpt.best_step()
-    ckpt.close()
-    if best is None:
-        raise SetupError(f"{run_dir} has no checkpoint yet (train it first)")
+    best = trained_best_step(run_dir)
     ds = load_data(cfg.data)  # the ids are checked before the (slow) LLM is loaded
     latest = latest_row(ds, uid)
     chosen = check_items(ds, items) if items is not None else draw_candidates(ds, uid, candidates, seed)

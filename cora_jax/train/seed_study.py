@@ -14,6 +14,7 @@ import json
 import pathlib
 import statistics
 
+from cora_jax.train.curves import read_curve
 from cora_jax.train.report import ReportError, compare_paired, load_results, scored_test_rows
 
 NEEDED = ("config.json", "metrics.jsonl", "results.json")
@@ -36,12 +37,12 @@ def load_run(folder: str) -> dict:
                           "(what results/seed_study.sh keeps of a run)")
     try:
         config = _flat(json.loads((path / "config.json").read_text()))
-        events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except ValueError as e:
-        raise ReportError(f"{folder}: config.json or metrics.jsonl is not JSON ({e})") from e
+        raise ReportError(f"{folder}/config.json: not JSON ({e})") from e
     records = load_results([str(path / "results.json")])
     cf = [r for r in records[1:] if r["name"].endswith("(CF, same rows)")]
-    curve = [(e["step"], e["valid_auc"]) for e in events if e.get("event") == "eval"]
+    read = read_curve(path / "metrics.jsonl")  # the one reader of eval events (a re-evaluated step: the last wins)
+    curve = list(zip(read["step"], read["valid_auc"]))
     if not curve:
         raise ReportError(f"{folder}/metrics.jsonl: no evaluation event; did the training run finish?")
     return {"folder": folder, "seed": config.get("seed"), "config": config, "curve": curve, "model": records[0],

@@ -247,7 +247,7 @@ class RunCheckpoints:
         """read() of `items` of step, their data files checked first; an unreadable file raises
         CheckpointReadError naming it (other errors, e.g. a template of another structure, pass)."""
         step_dir = self.directory / str(step)
-        _quiet_orphaned_reads()  # before reading: the noise of a failed read starts as soon as it fails
+        _quiet_orphaned_reads(self.directory)  # before reading: the noise of a failed read starts as soon as it fails
         try:
             for item in items:
                 damage = _damaged_file(step_dir / item)
@@ -393,15 +393,15 @@ def _value_file(item_dir: pathlib.Path, key: bytes) -> str | None:
         return None
 
 
-def _quiet_orphaned_reads() -> None:
+def _quiet_orphaned_reads(directory: pathlib.Path) -> None:
     """After a failed restore, Orbax's other reads of the checkpoint end on its closed event loop, each
-    printing an 'Event loop is closed' traceback or a 'Task exception was never retrieved' log record
+    printing an 'Event loop is closed' traceback or a '... exception was never retrieved' log record
     (hundreds for a large model); the CheckpointReadError already says what is wrong, so these
-    process-wide filters drop just those. Installed once."""
-    global _quiet
-    if _quiet:
+    process-wide filters drop just those: records that name a checkpoint folder being read, or whose
+    exception was raised in Orbax. The filters are installed once; `directory` joins the folders."""
+    _read_dirs.add(str(directory))
+    if len(_read_dirs) > 1:
         return
-    _quiet = True
     previous = sys.unraisablehook
 
     def hook(u) -> None:
@@ -411,11 +411,28 @@ def _quiet_orphaned_reads() -> None:
             previous(u)
 
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-        lambda r: not (str(r.msg).startswith("Task exception was never retrieved") and "/orbax/" in r.getMessage()))
+    logging.getLogger("asyncio").addFilter(lambda r: not _orphaned_read_failure(r))
 
 
-_quiet = False
+def _orphaned_read_failure(record: logging.LogRecord) -> bool:
+    """A 'Task / Future / _GatheringFuture exception was never retrieved' record of a checkpoint read."""
+    if "exception was never retrieved" not in str(record.msg):
+        return False
+    text = record.getMessage()
+    if "/orbax/" in text or any(d in text for d in _read_dirs):
+        return True
+    err = record.exc_info[1] if record.exc_info else None
+    while err is not None:
+        tb = err.__traceback__
+        while tb is not None:
+            if "/orbax/" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        err = err.__cause__ or err.__context__
+    return False
+
+
+_read_dirs: set[str] = set()
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

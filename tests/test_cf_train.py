@@ -6,6 +6,7 @@ import pytest
 
 from cora_jax.cf import CFConfigError, CFModelSpec, CFTrainConfig, build_model, load_cf, main_cf, save_cf, train_cf
 from cora_jax.data import Dataset, Split
+from cora_jax.run_files import read_scores
 
 N_USERS, N_ITEMS, PER_USER = 60, 80, 40
 
@@ -86,6 +87,13 @@ def test_training_beats_random_and_checkpoint_round_trips(kind, synth, tmp_path)
     e_u, e_i = frozen.encode(synth["test"])
     assert e_u.shape == e_i.shape == (len(synth["test"]), 16) and e_u.dtype == np.float32
     np.testing.assert_allclose(np.sum(e_u * e_i, -1), scores, rtol=1e-4, atol=1e-4)
+
+    # The per-row test scores beside results.json (for the report's paired tests) are the saved model's.
+    rows = read_scores(tmp_path / "scores.jsonl")
+    assert [(r["uid"], r["iid"], r["label"]) for r in rows] == list(zip(synth["test"].uid.tolist(), synth["test"].iid.tolist(),
+                                                                        synth["test"].label.tolist()))
+    assert {r["model"] for r in rows} == {kind} and {r["split"] for r in rows} == {"test"}
+    np.testing.assert_allclose([r["score"] for r in rows], scores, rtol=1e-5, atol=1e-6)
 
 
 def test_training_is_deterministic(synth, tmp_path):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from cora_jax.cf.frozen import chunked, save_cf, split_batch, state_fns
 from cora_jax.cf.models import MODEL_KINDS, CFBatch, CFConfigError, CFModelSpec, bipartite_edges, build_model
+from cora_jax.run_files import SCORES, score_records, write_scores
 
 if TYPE_CHECKING:
     from cora_jax.data import Dataset
@@ -244,6 +245,7 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
         "out": str(out_dir),
     }
     save_cf(run.model, run.spec, out_dir, extra={"train": dataclasses.asdict(cfg), "data": results["data"]})
+    write_scores(out_dir / SCORES, score_records(cfg.model, test.name, test, test_scores))  # for paired tests
     results["wall_s"] = round(time.perf_counter() - t0, 2)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

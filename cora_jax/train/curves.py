@@ -6,11 +6,11 @@ loss being the mean over the steps since the previous evaluation.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
-from cora_jax.train.report import ReportError, _short_run_names
+from cora_jax.run_files import ReportError, json_lines
+from cora_jax.train.report import _short_run_names
 
 METRICS = "metrics.jsonl"
 
@@ -19,13 +19,7 @@ def read_curve(path: pathlib.Path) -> dict[str, list]:
     """{step, train_loss, valid_auc} lists of a metrics.jsonl's eval events by step. A resumed run evaluates the
     steps it retrained again: the last event of a step wins."""
     by_step: dict[int, dict] = {}
-    for k, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-        except ValueError as err:
-            raise ReportError(f"{path}:{k}: not JSON ({err})") from err
+    for k, e in json_lines(path):
         if isinstance(e, dict) and e.get("event") == "eval":
             if not isinstance(e.get("step"), int):
                 raise ReportError(f"{path}:{k}: an eval event without an integer 'step'")

@@ -7,13 +7,13 @@ mesh.distributed, process 0 writing the files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 
 import jax
 import numpy as np
 
+from cora_jax.run_files import SCORES, score_records, write_scores
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
@@ -90,19 +90,10 @@ def write_outputs(out_dir: pathlib.Path, results: dict, rows: list[dict]) -> pat
     if jax.process_index() != 0:
         return out_dir / "results.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "scores.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    write_scores(out_dir / SCORES, rows)
     (out_dir / "results.md").write_text(markdown_table(results))
     write_json(out_dir / "results.json", results)
     return out_dir / "results.json"
-
-
-def _score_rows_records(name: str, split, scores: np.ndarray, tag: str) -> list[dict]:
-    return [
-        {"model": tag, "split": name, "uid": int(u), "iid": int(i), "label": int(y), "score": float(s)}
-        for u, i, y, s in zip(split.uid, split.iid, split.label, scores)
-    ]
 
 
 def score_splits(setup: Setup, fn, splits: tuple[str, ...], limit: int | None, sample_seed: int | None,
@@ -119,7 +110,7 @@ def score_splits(setup: Setup, fn, splits: tuple[str, ...], limit: int | None, s
                             progress=progress)
         views = name in ("test", "valid", "valid_small")
         ours.update(split_report(split, scores, views=views))
-        records += _score_rows_records(name, split, scores, tag)
+        records += score_records(tag, name, split, scores)
         if setup.cf is not None:
             cf_metrics.update(split_report(split, setup.cf.scores(split), views=views))
     return ours, cf_metrics, records

@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import json
 import math
 import pathlib
 
 import numpy as np
 
-from cora_jax.errors import CoraError
 from cora_jax.metrics import delong_paired
+from cora_jax.run_files import SCORES, ReportError, read_scores
 from cora_jax.train.evaluate import CF_NAMES, PAPER_ML1M, PAPER_ML1M_TARGETS
 
 EXPECTED = ("a CoRA run dir (with eval/results.json), an eval / zero-shot / demo output dir or a CF run dir "
             "(with results.json), or a results.json file")
-SCORES = "scores.jsonl"  # eval.py's per-row scores beside results.json: model, split, uid, iid, label, score
 DEFAULT_VERSUS = "CoRA-MF"
-
-
-class ReportError(CoraError, ValueError):
-    pass
 
 
 def _results_path(arg: str) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -135,29 +129,6 @@ def id_only_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
     return [(t, i) for text, ids in groups.values() for t in text for i in ids]
 
 
-def _read_scores(path: str) -> list[dict]:
-    """The rows of a scores.jsonl (or its gzip, as committed under results/), each checked to carry every field
-    eval.py writes."""
-    try:
-        text = (gzip.open(path, "rt") if path.endswith(".gz") else open(path)).read()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: cannot read ({e})") from e
-    rows = []
-    for k, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ReportError(f"{path}:{k}: not JSON ({e})") from e
-        if not isinstance(row, dict):
-            raise ReportError(f"{path}:{k}: not a JSON object")
-        if missing := [f for f in ("model", "split", "uid", "iid", "label", "score") if f not in row]:
-            raise ReportError(f"{path}:{k}: no '{missing[0]}' field")
-        rows.append(row)
-    return rows
-
-
 def _row_keys(uid: np.ndarray, iid: np.ndarray) -> np.ndarray:
     keys = np.empty(len(uid), dtype=[("uid", np.int64), ("iid", np.int64)])
     keys["uid"], keys["iid"] = uid, iid
@@ -171,7 +142,7 @@ def scored_test_rows(r: dict, cache: dict[str, list[dict]]) -> dict[str, np.ndar
     if r["scores"] is None:
         return f"no {SCORES} beside the results file"
     if r["scores"] not in cache:
-        cache[r["scores"]] = _read_scores(r["scores"])
+        cache[r["scores"]] = read_scores(r["scores"])
     test = [x for x in cache[r["scores"]] if x["split"] == "test"]
     tags = {x["model"] for x in test}
     tag = r["name"] if r["name"] in tags else r["method"] if r["method"] in tags else None

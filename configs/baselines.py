@@ -1,27 +1,23 @@
-"""Presets of the paper's LLM baselines and ablations (docs/reference.md#llm-baselines), each a frozen
-TrainConfig like the CoRA presets: `python train.py cora --preset NAME`.
+"""Presets of the paper's LLM baselines (docs/reference.md#llm-baselines), each a frozen TrainConfig like the
+CoRA presets: `python train.py cora --preset NAME`.
 
 Full schedules (the reference's settings; for a GPU): `<method>-ml1m`, CoLLM also as
-`collm-{lightgcn,sasrec}-ml1m`. The same comparison on a CPU budget: `<method>-ml1m-cpu5`, every method
-under one budget (SmolLM2, 3 history titles, 64 steps of batch 8,
-the best of two evaluations on 128 valid_small rows); the Table-4 weight types `cora-mf-ml1m-cpu5-<targets>`
-and the ID-only variants `{cora-mf,collm-mf,binllm}-ml1m-cpu5-idonly` on that budget too. On 160 steps:
-`<method>-ml1m-cpu12`, `{cora-mf,collm-mf}-ml1m-cpu12-idonly` and `cora-mf-ml1m-cpu12-<targets>`.
-CoLLM and PersonPrompt load the LoRA of a TALLRec run (stage 1: `tallrec-ml1m` for the full presets, the
-64-step `tallrec-ml1m-cpu5` for both CPU budgets) and freeze it, so train that TALLRec first.
+`collm-{lightgcn,sasrec}-ml1m`. On the CPU step budgets of configs/cora.py (64, 160 or 480 batches of 8):
+`<method>-ml1m-<N>steps`; on 480 steps also `collm-{lightgcn,sasrec}-ml1m-480steps`, and ID-only prompts
+(Fig. 6) as `{collm-mf,binllm}-ml1m-64steps-idonly` and `collm-mf-ml1m-160steps-idonly`.
+CoLLM and PersonPrompt load the LoRA of a TALLRec run and freeze it (stage 1), so train that TALLRec first:
+`tallrec-ml1m` for the full presets, `tallrec-ml1m-64steps` for the 64- and 160-step budgets,
+`tallrec-ml1m-480steps` for the 480-step one.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from configs.cora import CORA_MF_ML1M, ML1M
+from configs.cora import BUDGETS, CORA_MF_ML1M
 from cora_jax.baselines import MethodConfig
-from cora_jax.cora import CoRAConfig
 from cora_jax.train.config import TrainConfig
-from cora_jax.train.optim import OptimConfig
 
 TALLREC_RUN = "runs/baselines/tallrec-ml1m"
-TALLREC_CPU_RUN = "runs/baselines/tallrec-ml1m-cpu5"
 
 # --- The reference's settings (docs/reference.md#llm-baselines); CoRA-MF's schedule otherwise ----
 _FULL = dataclasses.replace(CORA_MF_ML1M, cf="runs/cf/ml1m-mf")
@@ -41,45 +37,28 @@ for _cf in ("lightgcn", "sasrec"):
     FULL[f"collm-{_cf}-ml1m"] = dataclasses.replace(FULL["collm-mf-ml1m"], cf=f"runs/cf/ml1m-{_cf}",
                                                     out=f"runs/baselines/collm-{_cf}-ml1m")
 
-# --- One CPU budget for every method ------------------------------------------------------------
-# A step budget, not a clock: every method sees the same 64 batches of 8 rows even when the CPU is shared.
-CPU_BUDGET = TrainConfig(
-    data=ML1M, cf="runs/cf/ml1m-mf", model=CoRAConfig(rank=16, alpha=32.0),
-    optim=OptimConfig(lr=1e-3, warmup_steps=10, decay_steps=64, grad_clip=1.0),
-    max_titles=3, batch_size=8, eval_every=32, patience=2, max_steps=64, valid_limit=128,
-    length_bucket=32, bucket_train=True,  # length-bucketed batches: the budget's measured results (docs/results.md)
-)
+# --- The CPU step budgets ------------------------------------------------------------------------
+# (method, learning rate) as in the full presets; stage 1 of CoLLM / PersonPrompt: the budget's TALLRec (64 steps
+# for the 160-step budget too, as its documented results were measured).
+_METHODS = {"tallrec": ("tallrec", 1e-3), "collm-mf": ("collm", 1e-3), "prompt4nr": ("prompt4nr", 1e-4),
+            "personprompt": ("personprompt", 1e-2), "binllm": ("binllm", 1e-3)}
+_STAGE1_STEPS = {64: 64, 160: 64, 480: 480}
 
 
-def _cpu(name: str, method: MethodConfig, lr: float = 1e-3) -> TrainConfig:
-    return dataclasses.replace(CPU_BUDGET, method=method, out=f"runs/baselines/{name}",
-                               optim=dataclasses.replace(CPU_BUDGET.optim, lr=lr))
+def _budget(steps: int, name: str, kind: str, lr: float, cf: str = "mf") -> TrainConfig:
+    base = BUDGETS[steps]
+    lora_from = f"runs/baselines/tallrec-ml1m-{_STAGE1_STEPS[steps]}steps" if kind in ("collm", "personprompt") else None
+    return dataclasses.replace(base, method=MethodConfig(kind=kind, lora_from=lora_from), cf=f"runs/cf/ml1m-{cf}",
+                               out=f"runs/baselines/{name}-ml1m-{steps}steps",
+                               optim=dataclasses.replace(base.optim, lr=lr))
 
 
-CPU: dict[str, TrainConfig] = {
-    "cora-mf-ml1m-cpu5": _cpu("cora-mf-ml1m-cpu5", MethodConfig()),
-    "tallrec-ml1m-cpu5": _cpu("tallrec-ml1m-cpu5", MethodConfig(kind="tallrec")),
-    "collm-mf-ml1m-cpu5": _cpu("collm-mf-ml1m-cpu5", MethodConfig(kind="collm", lora_from=TALLREC_CPU_RUN)),
-    "prompt4nr-ml1m-cpu5": _cpu("prompt4nr-ml1m-cpu5", MethodConfig(kind="prompt4nr"), lr=1e-4),
-    "personprompt-ml1m-cpu5": _cpu("personprompt-ml1m-cpu5", MethodConfig(kind="personprompt", lora_from=TALLREC_CPU_RUN),
-                                  lr=1e-2),
-    "binllm-ml1m-cpu5": _cpu("binllm-ml1m-cpu5", MethodConfig(kind="binllm")),
-}
-# The same comparison on a longer step budget: 160 steps (the demo's schedule; wall times: docs/results.md).
-CPU_LONG = dataclasses.replace(CPU_BUDGET, max_steps=160, eval_every=40,
-                               optim=dataclasses.replace(CPU_BUDGET.optim, warmup_steps=20, decay_steps=160))
-for _name in ("cora-mf", "collm-mf", "tallrec", "binllm", "prompt4nr", "personprompt"):
-    _short = CPU[f"{_name}-ml1m-cpu5"]
-    CPU[f"{_name}-ml1m-cpu12"] = dataclasses.replace(CPU_LONG, method=_short.method, out=f"runs/baselines/{_name}-ml1m-cpu12",
-                                                     optim=dataclasses.replace(CPU_LONG.optim, lr=_short.optim.lr))
-# Table 4: CoRA-MF's weight types on both budgets (qkvo is the plain preset).
-for _budget in ("cpu5", "cpu12"):
-    for _t in ("qkvof", "qkv", "qko", "qk"):
-        _base = CPU[f"cora-mf-ml1m-{_budget}"]
-        CPU[f"cora-mf-ml1m-{_budget}-{_t}"] = dataclasses.replace(
-            _base, model=dataclasses.replace(_base.model, targets=_t), out=f"runs/baselines/cora-mf-ml1m-{_budget}-{_t}")
+BUDGET: dict[str, TrainConfig] = {f"{name}-ml1m-{n}steps": _budget(n, name, kind, lr)
+                                  for n in BUDGETS for name, (kind, lr) in _METHODS.items()}
+for _cf in ("lightgcn", "sasrec"):
+    BUDGET[f"collm-{_cf}-ml1m-480steps"] = _budget(480, f"collm-{_cf}", "collm", 1e-3, cf=_cf)
 # Fig. 6: ID-only prompts. CoLLM's stage 1 stays the with-text TALLRec (ID-only TALLRec sees one constant prompt).
-for _name in ("cora-mf-ml1m-cpu5", "collm-mf-ml1m-cpu5", "binllm-ml1m-cpu5", "cora-mf-ml1m-cpu12", "collm-mf-ml1m-cpu12"):
-    CPU[f"{_name}-idonly"] = dataclasses.replace(CPU[_name], with_titles=False, out=f"runs/baselines/{_name}-idonly")
+for _name in ("collm-mf-ml1m-64steps", "binllm-ml1m-64steps", "collm-mf-ml1m-160steps"):
+    BUDGET[f"{_name}-idonly"] = dataclasses.replace(BUDGET[_name], with_titles=False, out=f"runs/baselines/{_name}-idonly")
 
-PRESETS: dict[str, TrainConfig] = {**FULL, **CPU}
+PRESETS: dict[str, TrainConfig] = {**FULL, **BUDGET}

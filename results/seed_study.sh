@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-budget CoRA-MF preset (cora-mf-ml1m-cpu12) for several seeds and both batch orders, each
+# The CPU-budget CoRA-MF preset (cora-mf-ml1m-160steps) for several seeds and both batch orders, each
 # scored on the same 2,000 test rows (drawn with --sample-seed 0). Resumable: rerun it after a stop.
 # Usage: bash results/seed_study.sh [SEED...]    (default seeds 2023 1 2; ORDERS="uniform bucketed")
 set -euo pipefail
@@ -14,7 +14,7 @@ for seed in "${SEEDS[@]}"; do
   for order in ${ORDERS:-uniform bucketed}; do
     name=$order-s$seed run=runs/seeds/$order-s$seed
     flag=--bucket-train; [ "$order" = uniform ] && flag=--no-bucket-train
-    $PY train.py cora --preset cora-mf-ml1m-cpu12 --seed "$seed" $flag --out "$run" --no-progress
+    $PY train.py cora --preset cora-mf-ml1m-160steps --seed "$seed" $flag --out "$run" --no-progress
     [ -f "$run/eval-test2000/results.json" ] ||
       $PY eval.py --run "$run" --split test --limit 2000 --sample-seed 0 --out "$run/eval-test2000" --no-progress
     mkdir -p "$RESULTS/$name"

@@ -41,9 +41,25 @@ def test_paper_presets_follow_the_reference():
     assert (mf.model.rank, mf.model.alpha / mf.model.rank, mf.batch_size, mf.eval_every, mf.patience) == (16, 2.0, 8, 100, 20)
     assert mf.optim.lr == 1e-3 and mf.optim.warmup_steps == 200 and mf.optim.min_lr == 8e-5 and mf.model.targets == "qkvo"
     assert lgcn.model.rank == sas.model.rank == 64 and lgcn.optim.lr == sas.optim.lr == 1e-3
-    assert PRESETS["cora-mf-ml1m-7b"].model.d_model == 4096 and PRESETS["cora-mf-ml1m-cpu"].max_wall_minutes == 90.0
+    assert PRESETS["cora-mf-ml1m-7b"].model.d_model == 4096 and PRESETS["cora-mf-ml1m-90min"].max_wall_minutes == 90.0
     g = mf.model.generator
     assert (g.num_queries, g.num_layers, g.hidden, g.num_heads, g.ffn_dim, g.dropout, g.ln_eps) == (4, 8, 512, 8, 3072, 0.1, 1e-12)
+
+
+@pytest.mark.parametrize("steps", [64, 160, 480])
+def test_a_step_budget_trains_every_method_on_the_same_batches(steps):
+    """The methods of one budget differ only in method, learning rate, CF backbone and (CoRA) rank; stage 1 of
+    CoLLM / PersonPrompt is the out folder of a TALLRec preset."""
+    budget = {k: v for k, v in PRESETS.items() if k.endswith(f"-{steps}steps")}
+    assert {"cora-mf-ml1m", "tallrec-ml1m", "collm-mf-ml1m", "prompt4nr-ml1m", "personprompt-ml1m", "binllm-ml1m"} <= {
+        k.removesuffix(f"-{steps}steps") for k in budget}
+    shared = {(c.max_steps, c.batch_size, c.eval_every, c.valid_limit, c.max_titles, c.seed, c.optim.decay_steps,
+               c.optim.warmup_steps, c.bucket_train) for c in budget.values()}
+    assert len(shared) == 1 and next(iter(shared))[:2] == (steps, 8)
+    tallrec_outs = {c.out for k, c in PRESETS.items() if k.startswith("tallrec-ml1m-")}
+    for c in budget.values():
+        assert c.method.lora_from in tallrec_outs | {None}
+        assert (c.method.lora_from is not None) == (c.method.kind in ("collm", "personprompt"))
 
 
 def test_unknown_preset_and_unknown_command_exit_with_the_list(capsys):

@@ -34,8 +34,8 @@ def _results_path(arg: str) -> tuple[pathlib.Path, pathlib.Path | None]:
         return p, None
     if (p / "eval" / "results.json").is_file():
         return p / "eval" / "results.json", p
-    if (p / "results.json").is_file():
-        return p / "results.json", None
+    if (p / "results.json").is_file():  # a config.json beside it (as under results/) is its run's
+        return p / "results.json", p if (p / "config.json").is_file() else None
     raise ReportError(f"{arg}: expected {EXPECTED}" + (" (a CoRA run needs `eval.py --run` first)"
                                                       if (p / "config.json").is_file() else ""))
 

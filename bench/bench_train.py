@@ -39,7 +39,7 @@ from cora_jax.errors import entry_point
 from cora_jax.llm import Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
-from cora_jax.train.loop import make_run_mesh
+from cora_jax.train.setup import make_run_mesh
 from cora_jax.train.memory import llm_config
 from cora_jax.train.optim import OptimConfig, make_optimizer
 

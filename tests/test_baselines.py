@@ -16,7 +16,8 @@ from cora_jax.data import ITEM_SLOT, USER_SLOT, PromptConfig, load_dataset, rend
 from cora_jax.llm import Tokenizer, load_llm
 from cora_jax.train import TrainConfig, train
 from cora_jax.train.evaluate import evaluate_run
-from cora_jax.train.loop import SetupError, load_setup, make_batch, prepare_split
+from cora_jax.train.batches import make_batch, prepare_split
+from cora_jax.train.setup import SetupError, load_setup
 from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 
@@ -106,7 +107,8 @@ def _train(root, base, name, **method):
 
 
 def _lora(run_dir):
-    from cora_jax.train.loop import load_frozen_lora, load_run_config
+    from cora_jax.train.models import load_frozen_lora
+    from cora_jax.train.setup import load_run_config
     cfg = load_run_config(run_dir)
     return load_frozen_lora(dataclasses.replace(cfg.method, kind="collm", lora_from=str(run_dir)), load_setup(cfg))
 

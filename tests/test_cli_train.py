@@ -12,7 +12,7 @@ from configs import PRESETS, get_preset
 from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.data import DataError, PromptConfig, load_dataset, split_prompts
 from cora_jax.train import TrainConfig, load_setup, train
-from cora_jax.train.loop import SetupError, get_split
+from cora_jax.train.setup import SetupError, get_split
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from cli_helpers import error_line
 

@@ -123,7 +123,7 @@ def test_bad_model_requests():
 
 
 def test_calibrated_offset_matches_the_positive_rate():
-    from cora_jax.train.loop import calibrated_offset
+    from cora_jax.train.state import calibrated_offset
 
     scores = np.random.default_rng(0).normal(15.0, 0.3, 64).astype(np.float32)
     labels = (np.arange(64) % 4 != 0).astype(np.float32)  # rate 0.75

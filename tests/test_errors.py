@@ -16,7 +16,7 @@ from cora_jax.llm.config import ConfigError
 from cora_jax.llm.weights import WeightError
 from cora_jax.train import TrainConfig
 from cora_jax.train.checkpoint import CheckpointReadError, ConfigMismatchError, DiskSpaceError, NoIntactCheckpointError
-from cora_jax.train.loop import SetupError
+from cora_jax.train.setup import SetupError
 from cora_jax.train.mesh import MeshConfig
 from cora_jax.train.report import ReportError
 

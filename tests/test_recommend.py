@@ -14,7 +14,10 @@ from cora_jax.train import TrainConfig, train
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import RunCheckpoints
 from cora_jax.train.evaluate import evaluate_run
-from cora_jax.train.loop import build_model, load_run_config, load_setup, prepare_split, restore_trainable, score_rows
+from cora_jax.train.batches import prepare_split
+from cora_jax.train.models import build_model, restore_trainable
+from cora_jax.train.scoring import score_rows
+from cora_jax.train.setup import load_run_config, load_setup
 from cora_jax.train.recommend import candidate_split, interacted_items, latest_row
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from cli_helpers import error_line

@@ -18,7 +18,7 @@ from flax import nnx
 from configs.cora import CORA_MF_ML1M, DEMO_ML100K
 from cora_jax.cora import CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.train import mesh as M
-from cora_jax.train.loop import place_model
+from cora_jax.train.models import place_model
 from cora_jax.train.optim import decay_mask, make_optimizer
 from llm_helpers import tiny_model
 

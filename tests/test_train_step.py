@@ -9,7 +9,8 @@ from flax import nnx
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.llm import Llama, LlamaConfig
 from cora_jax.train import mesh as M
-from cora_jax.train.loop import TrainOrder, place_model
+from cora_jax.train.batches import TrainOrder
+from cora_jax.train.models import place_model
 from cora_jax.train.optim import OptimConfig, decay_mask, make_optimizer, make_schedule
 
 

@@ -31,10 +31,8 @@ from cora_jax.errors import CoraError
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig, from_dict, to_dict
-from cora_jax.train.loop import (
-    BINARY_CODES_FILE, CONFIG_FILE, build_model, load_data, load_run_config, load_setup, make_run_mesh,
-    place_model, restore_trainable,
-)
+from cora_jax.train.models import build_model, place_model, restore_trainable
+from cora_jax.train.setup import BINARY_CODES_FILE, CONFIG_FILE, load_data, load_run_config, load_setup, make_run_mesh
 
 FORMAT = "cora_jax-adapter/1"
 MANIFEST, PARAMS_FILE, FROZEN_LORA_FILE, PEFT_DIR = "adapter.json", "adapter.safetensors", "frozen_lora.safetensors", "peft"

@@ -28,7 +28,7 @@ class DemoConfig:
 def print_data_summary(preset, n_prompts: int = 3) -> None:
     """The split's statistics (one JSON line) and the first test prompts as the preset renders them."""
     from cora_jax.data import dataset_stats, split_prompts
-    from cora_jax.train.loop import load_data, make_prompt_config
+    from cora_jax.train.setup import load_data, make_prompt_config
 
     ds = load_data(preset.data)
     print(f"[demo] data: {json.dumps(dataset_stats(ds))}")
@@ -42,7 +42,8 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     from cora_jax.cf import CFTrainConfig, train_cf
     from configs import get_preset
     from cora_jax.train.evaluate import evaluate_run, evaluate_zero_shot, markdown_table
-    from cora_jax.train.loop import load_setup, train
+    from cora_jax.train.loop import train
+    from cora_jax.train.setup import load_setup
 
     t0 = time.time()
     out = pathlib.Path(cfg.out)

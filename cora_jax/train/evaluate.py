@@ -17,10 +17,10 @@ from cora_jax.run_files import SCORES, score_records, write_scores
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
-from cora_jax.train.loop import (
-    Setup, base_score_fn, build_model, get_split, load_run_config, load_setup, make_run_mesh,
-    prepare_split, restore_trainable, score_rows,
-)
+from cora_jax.train.batches import prepare_split
+from cora_jax.train.models import build_model, restore_trainable
+from cora_jax.train.scoring import base_score_fn, score_rows
+from cora_jax.train.setup import Setup, get_split, load_run_config, load_setup, make_run_mesh
 
 # The paper's Table 3 (Vicuna-7B, ML-1M): (AUC, UAUC). Printed beside our rows for orientation.
 PAPER_ML1M = {
@@ -100,7 +100,7 @@ def score_splits(setup: Setup, fn, splits: tuple[str, ...], limit: int | None, s
                  batch_size: int, bucket: int, tag: str, mesh: jax.sharding.Mesh,
                  progress: bool = True) -> tuple[dict, dict, list[dict]]:
     """(our metrics, CF metrics, score records) over the requested splits; test/valid get warm/cold views.
-    fn: sharded batch -> scores (see loop.score_rows)."""
+    fn: sharded batch -> scores (see scoring.score_rows)."""
     ours, cf_metrics, records = {}, {}, []
     progress = progress and jax.process_index() == 0
     for name in splits:

@@ -21,10 +21,10 @@ from cora_jax.errors import FlagError, UsageError
 from cora_jax.train import mesh as M
 from cora_jax.train.checkpoint import trained_best_step
 from cora_jax.train.evaluate import method_name
-from cora_jax.train.loop import (
-    SetupError, build_model, load_data, load_run_config, load_setup, make_run_mesh, prepare_split,
-    restore_trainable, score_rows,
-)
+from cora_jax.train.batches import prepare_split
+from cora_jax.train.models import build_model, restore_trainable
+from cora_jax.train.scoring import score_rows
+from cora_jax.train.setup import SetupError, load_data, load_run_config, load_setup, make_run_mesh
 
 DEFAULT_CANDIDATES = 20
 ROW_SPLITS = ("train", "valid", "test")  # valid_small is a sample of valid: its rows are already in valid

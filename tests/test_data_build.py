@@ -10,7 +10,10 @@ import pytest
 
 from cora_jax.data import AmazonWindows, DataError, Interactions, MonthWindows, assemble, build_dataset, load_dataset
 from cora_jax.data import build as build_mod
-from cora_jax.data.split import SPLIT_NAMES, split_jsonl
+from cora_jax.data.raw_readers import recbole_title
+from cora_jax.data.recipe import month_flags
+from cora_jax.data.split import SPLIT_NAMES
+from cora_jax.data.write import split_jsonl
 
 COLUMNS = ("row", "uid", "iid", "label", "timestamp", "flag", "not_cold", "his_values", "his_offsets")
 
@@ -111,9 +114,9 @@ def test_assemble_rejects_an_empty_split():
 def test_month_windows():
     ts = np.array([_utc(2000, 4, 30), _utc(2001, 6, 1), _utc(2002, 3, 31) + 86399, _utc(2002, 4, 1), _utc(2003, 1, 31),
                    _utc(2003, 2, 1)])
-    assert build_mod.month_flags(ts, MonthWindows()).tolist() == [2, -1, -1, 0, 1, 2]
+    assert month_flags(ts, MonthWindows()).tolist() == [2, -1, -1, 0, 1, 2]
     w = MonthWindows(origin="2001-06", train=(0, 0), valid=(1, 9), test=(10, 19))
-    assert build_mod.month_flags(ts, w).tolist() == [2, -1, 0, 1, 1, 2]
+    assert month_flags(ts, w).tolist() == [2, -1, 0, 1, 1, 2]
 
 
 def test_ml100k_grouplens_reader(tmp_path):
@@ -145,7 +148,7 @@ def test_recbole_reader_and_titles(tmp_path):
     assert list(ds.item_titles) == ["", "Toy Story (1995)", "unknown", "Land Before Time III: The Time of the Great Giving (1995)"]
     assert [len(ds[n]) for n in ("train", "valid", "test")] == [2, 1, 1]
     assert ds["valid"].history(0).tolist() == [0, 1] and ds["test"].uid.tolist() == [2]
-    assert build_mod.recbole_title("Heat", "1995") == "Heat (1995)"
+    assert recbole_title("Heat", "1995") == "Heat (1995)"
 
 
 def _gz_lines(path, objs):

@@ -81,13 +81,11 @@ def make_optimizer(cfg: CFTrainConfig) -> optax.GradientTransformation:
 
 def resolve_data(data) -> "Dataset":
     """A Dataset, a split folder, or the word 'ml100k' (the embedded ML-100K split)."""
-    from cora_jax.data import Dataset, ensure_ml100k, load_dataset
+    from cora_jax.data import Dataset, load_dataset, resolve_data_arg
 
     if isinstance(data, Dataset):
         return data
-    if str(data) == "ml100k":
-        return load_dataset(ensure_ml100k())
-    return load_dataset(pathlib.Path(data))
+    return load_dataset(resolve_data_arg(data))
 
 
 def model_spec(cfg: CFTrainConfig, ds: "Dataset", n_edges: int = 0) -> CFModelSpec:
@@ -228,7 +226,7 @@ def train_cf(cfg: CFTrainConfig, data, out_dir) -> dict:
     report = metrics.warm_cold_report(test, test_scores)
     results = {
         "model": cfg.model,
-        "data": str(ds.root) if ds.root is not None else ("ml100k" if str(data) == "ml100k" else "<in-memory dataset>"),
+        "data": str(ds.root) if ds.root is not None else "<in-memory dataset>",  # "ml100k" is loaded from its cache folder
         "lr": cfg.learning_rate,
         "wd": cfg.wd,
         "optimizer": cfg.optimizer,

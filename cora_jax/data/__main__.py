@@ -10,9 +10,11 @@ from typing import Literal
 
 import tyro
 
-from cora_jax.data.build import MonthWindows, Source, build_to, default_windows
+from cora_jax.data.build import Source, build_to, default_windows
+from cora_jax.data.load import load_dataset
 from cora_jax.data.prompts import PromptConfig, render_prompt
-from cora_jax.data.split import dataset_stats, load_dataset
+from cora_jax.data.recipe import MonthWindows
+from cora_jax.data.split import dataset_stats
 from cora_jax.errors import UsageError, entry_point
 
 Positional = tyro.conf.Positional

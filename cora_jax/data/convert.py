@@ -13,7 +13,8 @@ import tempfile
 
 import numpy as np
 
-from cora_jax.data.split import FLAG_OF, SPLIT_NAMES, load_dataset
+from cora_jax.data.load import load_dataset
+from cora_jax.data.split import FLAG_OF, SPLIT_NAMES
 
 # columns read from each DataFrame (row = its index when there is no `row` column)
 _COLUMNS = ("uid", "iid", "label", "timestamp", "his", "his_title", "title")

@@ -104,7 +104,7 @@ def main(argv: list[str]):
 
     @jax.jit
     def side_branch(state, ids, mask, g, p):
-        delta = LowRankDelta(a={t: g for t in QKVO}, b=p, scale=scale)  # one G shared by q/k/v/o, x G once
+        delta = LowRankDelta(a={"attn_in": g, "attn_context": g}, b=p, scale=scale)  # one G for q/k/v/o: x G once per input
         return nnx.merge(graphdef, state).score(ids, mask, answer, delta)
 
     @jax.jit

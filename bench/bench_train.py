@@ -36,7 +36,7 @@ from flax import nnx
 
 from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.errors import entry_point
-from cora_jax.llm import Llama, LlamaConfig, load_llm
+from cora_jax.llm import INPUT_OF, Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
 from cora_jax.train.setup import make_run_mesh
@@ -47,8 +47,6 @@ from bench_llm import matmul_peak  # bench/ is on sys.path when a script here ru
 
 CF_DIM = 256
 RANDOM_SHAPES = ("smollm2_135m", "llama2_7b")  # --llm names that get random weights (cora_jax.train.memory.llm_config)
-# Targets that read the same input share one x A product (cora_jax.llm.model).
-_SAME_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
 
 
 def parse(argv: list[str]):
@@ -81,7 +79,7 @@ def model_flops(cfg: LlamaConfig, targets: tuple[str, ...], rank: int, batch: in
     tokens = batch * seq
     projections = 2 * tokens * sum(i * o for i, o in dims.values())
     attention = 4 * batch * seq**2 * cfg.num_attention_heads * cfg.head_dim
-    inputs = {_SAME_INPUT.get(t, t): dims[t][0] for t in targets}
+    inputs = {INPUT_OF[t]: dims[t][0] for t in targets}  # CoRA: one x G product per input (cora_jax.cora.model)
     branch = 2 * tokens * rank * (sum(inputs.values()) + sum(dims[t][1] for t in targets))
     return cfg.num_hidden_layers * (2 * projections + 3 * attention + 3 * branch)
 

@@ -20,7 +20,7 @@ def _inputs(cfg, seed=0):
 
 
 def _delta(cfg, *, per_sample_b=False, per_layer_a=False, seed=1, targets=TARGETS):
-    """Per-sample A (shared by q/k/v and by gate/up as the same array), per-layer B."""
+    """Per-sample A (one array for q/k/v and gate/up, given per target), per-layer B."""
     dims = cfg.target_dims()
     L = cfg.num_hidden_layers
     keys = iter(jax.random.split(jax.random.key(seed), 32))
@@ -181,6 +181,23 @@ def test_bad_delta_shapes_are_named():
     b = jnp.zeros((model.config.num_hidden_layers, R, model.config.hidden_size))
     with pytest.raises(ValueError, match="q_proj"):
         model(ids, mask, LowRankDelta(a={"q_proj": a}, b={"q_proj": b}, scale=1.0))
+
+
+def test_an_a_given_per_input_equals_it_given_per_target():
+    """a["attn_in"] serves q/k/v and a["mlp_in"] gate/up (x A computed once per input): the same numbers
+    as the same arrays given per target; an own a[t] takes precedence over its input's."""
+    model = tiny_model()
+    ids, mask = _inputs(model.config)
+    d = _delta(model.config)
+    a_in, a_mlp = d.a["q_proj"], d.a["gate_proj"]
+    by_input = LowRankDelta(a={"attn_in": a_in, "o_proj": d.a["o_proj"], "mlp_in": a_mlp, "up_proj": d.a["up_proj"],
+                               "mlp_hidden": d.a["down_proj"]}, b=d.b, scale=d.scale)
+    np.testing.assert_array_equal(np.asarray(model(ids, mask, by_input)), np.asarray(model(ids, mask, d)))
+    b_q = {"q_proj": d.b["q_proj"]}
+    for a, match in [({"attn": a_in}, "unknown target 'attn'"), ({"attn_in": a_in, "mlp_in": a_mlp}, r"a\['mlp_in'\] serves no"),
+                     ({}, r"b\['q_proj'\] has no A")]:
+        with pytest.raises(ValueError, match=match):
+            model(ids, mask, LowRankDelta(a=a, b=b_q, scale=1.0))
 
 
 def test_llama2_7b_builds_abstractly_with_6_74b_params():

@@ -18,7 +18,7 @@ from flax import nnx
 
 from cora_jax.cora.generator import CollabWeightGenerator, GeneratorConfig
 from cora_jax.errors import FlagError, flag_prefix
-from cora_jax.llm import Llama, LowRankDelta
+from cora_jax.llm import INPUT_OF, Llama, LowRankDelta
 
 # Weight-type presets of the paper's Table 4 -> the projections that get a side branch.
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -122,7 +122,7 @@ class CoRA(nnx.Module):
                 own = self.own_a.get(t)
                 a[t] = jnp.broadcast_to(own[:, None], (own.shape[0], batch, *own.shape[1:]))
             else:
-                a[t] = g_bdr
+                a[INPUT_OF[t]] = g_bdr  # G under the input's name: one x G product for all targets reading x
         b = {t: self.p.get(t) for t in self.targets}
         return LowRankDelta(a=a, b=b, scale=self.cfg.alpha / self.cfg.rank, dropout_rate=self.cfg.branch_dropout)
 

@@ -4,17 +4,20 @@ branch scale * (dropout(x) A) B with A and/or B per sample, never a merged weigh
 Public API:
     LlamaConfig, RopeScaling      model configuration (from HF config.json or GGUF metadata)
     Llama, LowRankDelta           the decoder and the side-branch weight delta it accepts
+    TARGETS, INPUTS, INPUT_OF     the projections a delta can target, by the input they read
     load_llm                      weights + tokenizer from an HF dir, a .gguf file, or the embedded SmolLM2
     Tokenizer                     BOS-prepending encoder, answer-token lookup, left-padded batches
 """
-from .config import ConfigError, LlamaConfig, RopeScaling, llama2_7b, smollm2_135m
-from .model import TARGETS, Llama, LowRankDelta
+from .config import LlamaConfig, RopeScaling, llama2_7b, smollm2_135m
+from .errors import ConfigError, WeightError
+from .low_rank import INPUT_OF, INPUTS, TARGETS, LowRankDelta
+from .model import Llama
 from .tokenizer import Tokenizer, length_buckets
-from .weights import WeightError, load_llm, load_weights
+from .weights import load_llm, load_weights
 
 __all__ = [
     "ConfigError", "LlamaConfig", "RopeScaling", "llama2_7b", "smollm2_135m",
-    "TARGETS", "Llama", "LowRankDelta",
+    "TARGETS", "INPUTS", "INPUT_OF", "Llama", "LowRankDelta",
     "Tokenizer", "length_buckets",
     "WeightError", "load_llm", "load_weights",
 ]

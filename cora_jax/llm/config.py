@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from cora_jax.errors import CoraError
+from .errors import ConfigError
+from .gguf_file import gguf_reader, gguf_value
 
 # The rotary variants an HF Llama / Llama-2 / Llama-3 / Vicuna config can carry that we implement.
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -25,10 +26,6 @@ ATTENTION_IMPLS = ("reference", "dot_product")
 # Decoders of the Llama layout we build: HF config.json `model_type`s and GGUF `general.architecture`s.
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
 GGUF_ARCHITECTURES = ("llama", "qwen2")
-
-
-class ConfigError(CoraError, ValueError):
-    """A config.json / GGUF header that does not describe a Llama model we can build."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +188,6 @@ class LlamaConfig:
     def from_gguf(cls, reader_or_path, **overrides) -> "LlamaConfig":
         """From GGUF metadata (`llama.*` / `qwen2.*` keys) of a gguf.GGUFReader or a file path."""
         import gguf
-
-        from .weights import gguf_reader, gguf_value
 
         reader = gguf_reader(reader_or_path) if not hasattr(reader_or_path, "fields") else reader_or_path
         where = str(getattr(reader, "path", reader_or_path))

@@ -7,9 +7,8 @@ Flax conventions: a projection's weight is `kernel` stored [d_in, d_out] (HF sto
 stacked with a leading layer axis and run with `jax.lax.scan`, so a 30- or 32-layer model
 compiles one layer body instead of 30 copies.
 
-A low-rank delta (CoRA's collaborative weights, or LoRA) enters every targeted projection as
-    y = x W + scale * ((dropout(x) A) B)
-computed as a side branch on activations; W + A B is never materialised per sample.
+Every projection takes an optional side branch: a low-rank delta (low_rank.py; CoRA's collaborative
+weights, or LoRA) adds scale * (dropout(x) A) B to its output, computed on activations.
 """
 from __future__ import annotations
 
@@ -20,70 +19,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
-
-from cora_jax.nn import dropout
+from flax import nnx
 
 from .attention import attend, build_mask
 from .config import LlamaConfig
-
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Projections that read the same input inside a layer; a shared A for a group is applied once.
-_INPUT_GROUPS = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}
-
-
-@struct.dataclass
-class LowRankDelta:
-    """Low-rank weight delta for the targeted projections: y = x W + scale * (dropout(x) A) B.
-
-    a[t]: [d_in, r] (shared) | [B, d_in, r] (per sample), the same for all layers; with
-          a_per_layer=True (or 4-D) one per layer: [L, d_in, r] | [L, B, d_in, r].
-    b[t]: [L, r, d_out] (shared) | [L, B, r, d_out] (per sample), one per layer.
-    Targets absent from `a` get no delta. Targets reading the same input (q/k/v, gate/up) that
-    are given the very same A array share one x A product and one dropout mask.
-    """
-
-    a: dict[str, jax.Array]
-    b: dict[str, jax.Array]
-    scale: float = struct.field(pytree_node=False)
-    dropout_rate: float = struct.field(pytree_node=False, default=0.0)
-    a_per_layer: bool = struct.field(pytree_node=False, default=False)  # disambiguates 3-D A: [L,d,r] vs [B,d,r]
-
-    def check(self, cfg: LlamaConfig, batch: int) -> None:
-        """Raise ValueError naming the target whose factor shapes disagree with the model."""
-        dims = cfg.target_dims()
-        L = cfg.num_hidden_layers
-        if set(self.a) != set(self.b):
-            raise ValueError(f"LowRankDelta: targets of a {sorted(self.a)} and b {sorted(self.b)} differ")
-        for t in self.a:
-            if t not in dims:
-                raise ValueError(f"LowRankDelta: unknown target {t!r}; targets are {TARGETS}")
-            d_in, d_out = dims[t]
-            a, b = self.a[t], self.b[t]
-            per_layer = self.a_per_layer or a.ndim == 4
-            core = a.shape[1:] if per_layer else a.shape
-            if (per_layer and a.shape[0] != L) or len(core) not in (2, 3) or core[-2] != d_in \
-                    or (len(core) == 3 and core[0] != batch):
-                raise ValueError(f"LowRankDelta.a[{t!r}] has shape {a.shape}; expected [{d_in}, r] or [{batch}, {d_in}, r]"
-                                 f"{f', with a leading layer axis {L}' if per_layer else ''}")
-            r = core[-1]
-            if b.ndim not in (3, 4) or b.shape[0] != L or b.shape[-2:] != (r, d_out) or (b.ndim == 4 and b.shape[1] != batch):
-                raise ValueError(f"LowRankDelta.b[{t!r}] has shape {b.shape}; expected [{L}, {r}, {d_out}] or [{L}, {batch}, {r}, {d_out}]")
+from .low_rank import NO_DELTA, LayerDelta, LowRankDelta
 
 
 # ------------------------------------------------------------------------------------- layers
-def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
+def _normal_init(rngs: nnx.Rngs, shape, dtype, std=0.02):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
 class Linear(nnx.Module):
-    """x W (+ bias), W stored [(L,) d_in, d_out]; the low-rank branch is added by the caller's plan."""
+    """x W (+ bias) (+ a side branch computed by the caller), W stored [(L,) d_in, d_out]."""
 
     def __init__(self, d_in: int, d_out: int, *, cfg: LlamaConfig, axes: tuple[str, str], use_bias: bool,
                  stack: int | None, rngs: nnx.Rngs):
         lead = (stack,) if stack else ()
         lead_axes = ("layers",) if stack else ()
-        self.kernel = nnx.Param(_normal(rngs, lead + (d_in, d_out), cfg.weight_dtype), axes=lead_axes + axes)
+        self.kernel = nnx.Param(_normal_init(rngs, lead + (d_in, d_out), cfg.weight_dtype), axes=lead_axes + axes)
         self.bias = nnx.Param(jnp.zeros(lead + (d_out,), cfg.weight_dtype), axes=lead_axes + axes[1:]) if use_bias else None
         self.dtype = cfg.compute_dtype
 
@@ -113,7 +68,7 @@ class RMSNorm(nnx.Module):
 
 class Embed(nnx.Module):
     def __init__(self, vocab: int, dim: int, *, cfg: LlamaConfig, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_normal(rngs, (vocab, dim), cfg.weight_dtype), axes=("vocab", "embed"))
+        self.embedding = nnx.Param(_normal_init(rngs, (vocab, dim), cfg.weight_dtype), axes=("vocab", "embed"))
         self.dtype = cfg.compute_dtype
 
     def __call__(self, ids_bt: jax.Array) -> jax.Array:
@@ -153,7 +108,7 @@ def rope_inv_freq(cfg: LlamaConfig, max_pos: jax.Array | None = None) -> tuple[j
     raise ValueError(f"rope_type {rs.rope_type!r} is not implemented")
 
 
-def _rotate(x_bthd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array) -> jax.Array:
+def _apply_rope(x_bthd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array) -> jax.Array:
     # HF layout: the two rotated halves are the first and second half of the head (rotate_half).
     half = x_bthd.shape[-1] // 2
     rot = jnp.concatenate([-x_bthd[..., half:], x_bthd[..., :half]], axis=-1)
@@ -171,6 +126,17 @@ class Attention(nnx.Module):
         self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), use_bias=cfg.attention_bias, **kw)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
 
+    def __call__(self, x_btd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array, attend_fn, delta: LayerDelta) -> jax.Array:
+        """Output [B, T, D] of the normed input x; cos/sin: [B, T, head_dim];
+        attend_fn: rotated (q, k, v) -> context (attention.attend with the batch's mask)."""
+        B, T, _ = x_btd.shape
+        branch = delta.branches("attn_in", x_btd)
+        q = self.q_proj(x_btd, branch.get("q_proj")).reshape(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x_btd, branch.get("k_proj")).reshape(B, T, self.n_kv, self.head_dim)
+        v = self.v_proj(x_btd, branch.get("v_proj")).reshape(B, T, self.n_kv, self.head_dim)
+        ctx = attend_fn(_apply_rope(q, cos_btd, sin_btd), _apply_rope(k, cos_btd, sin_btd), v)
+        return self.o_proj(ctx, delta.branches("attn_context", ctx).get("o_proj"))
+
 
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
@@ -179,6 +145,12 @@ class MLP(nnx.Module):
         self.gate_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
         self.up_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x_btd: jax.Array, delta: LayerDelta) -> jax.Array:
+        """SwiGLU output [B, T, D] of the normed input x."""
+        branch = delta.branches("mlp_in", x_btd)
+        hidden = _swiglu(self.gate_proj(x_btd, branch.get("gate_proj")), self.up_proj(x_btd, branch.get("up_proj")))
+        return self.down_proj(hidden, delta.branches("mlp_hidden", hidden).get("down_proj"))
 
 
 class DecoderLayer(nnx.Module):
@@ -190,25 +162,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg, stack=stack)
         self.mlp = MLP(cfg, stack=stack, rngs=rngs)
 
-    def __call__(self, h_btd, cos_btd, sin_btd, attn, lora: "_LayerLora") -> jax.Array:
-        """h_btd: [B, T, D]; cos/sin: [B, T, head_dim]; attn: (q, k, v) -> context (attention.attend)."""
-        att = self.self_attn
-        B, T, _ = h_btd.shape
-        x = self.input_layernorm(h_btd)
-        lora.new_input(0, x)
-        q = att.q_proj(x, lora("q_proj")).reshape(B, T, att.n_heads, att.head_dim)
-        k = att.k_proj(x, lora("k_proj")).reshape(B, T, att.n_kv, att.head_dim)
-        v = att.v_proj(x, lora("v_proj")).reshape(B, T, att.n_kv, att.head_dim)
-        ctx = attn(_rotate(q, cos_btd, sin_btd), _rotate(k, cos_btd, sin_btd), v)
-        lora.new_input(1, ctx)
-        h_btd = h_btd + att.o_proj(ctx, lora("o_proj"))
-
-        x = self.post_attention_layernorm(h_btd)
-        lora.new_input(2, x)
-        gate, up = self.mlp.gate_proj(x, lora("gate_proj")), self.mlp.up_proj(x, lora("up_proj"))
-        hidden = _swiglu(gate, up)
-        lora.new_input(3, hidden)
-        return h_btd + self.mlp.down_proj(hidden, lora("down_proj"))
+    def __call__(self, h_btd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array, attend_fn, delta: LayerDelta) -> jax.Array:
+        """The residual stream h [B, T, D] after this layer (arguments as Attention's)."""
+        h_btd = h_btd + self.self_attn(self.input_layernorm(h_btd), cos_btd, sin_btd, attend_fn, delta)
+        return h_btd + self.mlp(self.post_attention_layernorm(h_btd), delta)
 
 
 @jax.custom_vjp
@@ -230,38 +187,6 @@ def _swiglu_bwd(res, g):
 
 
 _swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
-
-
-class _LayerLora:
-    """Per-layer plan of the side branch: caches dropout(x) and x A per input and per A array."""
-
-    def __init__(self, a_keys: dict[str, int], a_arrays: list, b: dict[str, jax.Array], scale: float,
-                 dropout_rate: float, rng: jax.Array | None, dtype):
-        self.a_keys, self.a_arrays, self.b, self.scale = a_keys, a_arrays, b, scale
-        self.rate, self.rng, self.dtype = dropout_rate, rng, dtype
-        self.x = None
-        self.xa: dict[int, jax.Array] = {}
-
-    def new_input(self, group: int, x_btd: jax.Array) -> None:
-        if not self.a_keys:
-            return
-        key = None if self.rng is None else jax.random.fold_in(self.rng, group)
-        self.x, self.xa = dropout(x_btd, self.rate, key), {}
-
-    def __call__(self, target: str) -> jax.Array | None:
-        key = self.a_keys.get(target)
-        if key is None:
-            return None
-        if key not in self.xa:
-            a = self.a_arrays[key].astype(self.dtype)
-            spec = "btd,bdr->btr" if a.ndim == 3 else "btd,dr->btr"
-            # the scale is applied on the rank-r activations, the cheapest place
-            self.xa[key] = jnp.einsum(spec, self.x, a) * jnp.asarray(self.scale, self.dtype)
-        b = self.b[target].astype(self.dtype)
-        return jnp.einsum("btr,bro->bto" if b.ndim == 3 else "btr,ro->bto", self.xa[key], b)
-
-
-_NO_LORA = _LayerLora({}, [], {}, 0.0, 0.0, None, jnp.float32)
 
 
 def _remat_policy(name: str):
@@ -287,7 +212,7 @@ class Llama(nnx.Module):
 
     # --------------------------------------------------------------------------- internals
     def _hidden(self, input_ids, attention_mask, delta, input_embeds, dropout_rng) -> jax.Array:
-        """Final-normed hidden states [B, T, D]."""
+        """Hidden states [B, T, D] after the last layer, before the final norm."""
         cfg = self.config
         dt = cfg.compute_dtype
         h = (self.model.embed_tokens(input_ids) if input_embeds is None else input_embeds.astype(dt))
@@ -300,46 +225,28 @@ class Llama(nnx.Module):
         ang = jnp.concatenate([ang, ang], axis=-1)
         cos, sin = (jnp.cos(ang) * att_scale).astype(dt), (jnp.sin(ang) * att_scale).astype(dt)
         att_mask = build_mask(cfg, mask)  # [B, 1, T, S], built once for every layer
-        attn = partial(attend, cfg, mask_b1ts=att_mask)
+        attend_fn = partial(attend, cfg, mask_b1ts=att_mask)
 
-        per_layer, shared, a_keys, b_all = self._split_delta(delta, B)
+        if delta is not None:
+            delta.check(cfg, B)
+        a_stacked, b_stacked = ({}, {}) if delta is None else delta.layer_stacked()
         graphdef, layer_state = nnx.split(self.model.layers)
 
         def body(h_btd, xs):
             state_l, a_l, b_l, idx = xs
             layer = nnx.merge(graphdef, state_l)
             if delta is None:
-                lora = _NO_LORA
+                layer_delta = NO_DELTA
             else:
-                arrays = [a_l[i] if i in a_l else shared[i] for i in range(len(shared))]
                 rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, idx)
-                lora = _LayerLora(a_keys, arrays, b_l, delta.scale, delta.dropout_rate, rng, dt)
-            return layer(h_btd, cos, sin, attn, lora), None
+                layer_delta = delta.layer(a_l, b_l, rng, dt)
+            return layer(h_btd, cos, sin, attend_fn, layer_delta), None
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=False)
-        xs = (layer_state, per_layer, b_all, jnp.arange(cfg.num_hidden_layers))
+        xs = (layer_state, a_stacked, b_stacked, jnp.arange(cfg.num_hidden_layers))
         h, _ = jax.lax.scan(body, h, xs)
         return h
-
-    def _split_delta(self, delta: LowRankDelta | None, batch: int):
-        """Unique A arrays (by identity, so a shared G is applied once per input), split into
-        per-layer ones (scanned) and layer-shared ones (closed over)."""
-        if delta is None:
-            return {}, [], {}, {}
-        delta.check(self.config, batch)
-        uniq: list = []
-        a_keys: dict[str, int] = {}
-        for t in TARGETS:
-            if t in delta.a:
-                a = delta.a[t]
-                same = [i for i, u in enumerate(uniq) if u is a]
-                a_keys[t] = same[0] if same else len(uniq)
-                if not same:
-                    uniq.append(a)
-        per_layer = {i: a for i, a in enumerate(uniq) if delta.a_per_layer or a.ndim == 4}
-        shared = [None if i in per_layer else a for i, a in enumerate(uniq)]
-        return per_layer, shared, a_keys, dict(delta.b)
 
     def _head_rows(self, ids_k: jax.Array) -> jax.Array:
         """LM-head rows [K, D] of the given vocabulary ids only, in float32."""

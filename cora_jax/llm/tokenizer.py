@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import ConfigError
+from .errors import ConfigError
+from .gguf_file import gguf_reader, gguf_value
 
 # GGUF `tokenizer.ggml.pre` -> the split regex llama.cpp applies before byte-level BPE.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -63,8 +64,6 @@ class Tokenizer:
         """Byte-level BPE rebuilt from `tokenizer.ggml.*` metadata (tokens, merges, pre-tokenizer)."""
         from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
-
-        from .weights import gguf_reader, gguf_value
 
         reader = gguf_reader(path)
         where = str(path)

@@ -19,14 +19,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from cora_jax.errors import CoraError
+from cora_jax.assets import smollm2_gguf
 
-from .config import ConfigError, LlamaConfig
+from .config import LlamaConfig
+from .errors import WeightError
+from .gguf_file import gguf_reader, gguf_value
 from .model import Llama
-
-
-class WeightError(CoraError, ValueError):
-    """A checkpoint that does not match the model: names the tensor and the file."""
+from .tokenizer import Tokenizer
 
 
 # ------------------------------------------------------------------------------- name maps
@@ -222,28 +221,6 @@ def load_hf_dir(root, *, config_overrides: dict | None = None, progress: bool = 
 
 
 # --------------------------------------------------------------------------------------- GGUF
-def gguf_reader(path):
-    import gguf
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise WeightError(f"{path}: no such GGUF file: check the path")
-    try:
-        return gguf.GGUFReader(path)
-    except (ValueError, IndexError, OSError, KeyError) as e:
-        raise WeightError(f"{path}: not a readable GGUF file, truncated or corrupt ({e}): download it again") from e
-
-
-def gguf_value(reader, key: str, where: str, default=...):
-    """Scalar/str/list value of a GGUF metadata key; `...` default means required."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is ...:
-            raise ConfigError(f"{where}: GGUF metadata key {key!r} is missing")
-        return default
-    return field.contents()
-
-
 def _unpermute(w_oi: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (convert_hf_to_gguf `permute`): per head, the rows
     were reordered from HF's [first half | second half] rotary layout into interleaved pairs."""
@@ -320,10 +297,6 @@ def load_llm(path: str | os.PathLike | None = None, *, dtype=jnp.float32, comput
     sharding_of: each parameter's sharding (cora_jax.train.mesh.param_sharding_of(mesh)); default:
     whole, on the default device.
     """
-    from cora_jax.assets import smollm2_gguf
-
-    from .tokenizer import Tokenizer
-
     path = smollm2_gguf() if path is None else pathlib.Path(path).expanduser()
     overrides = dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(compute_dtype or dtype).name, remat=remat)
     model = load_weights(path, config_overrides=overrides, progress=progress, sharding_of=sharding_of)

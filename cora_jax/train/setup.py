@@ -55,13 +55,9 @@ class Setup:
 
 
 def load_data(data: str):
-    from cora_jax.data import ensure_ml100k, load_dataset
+    from cora_jax.data import load_dataset, resolve_data_arg
 
-    path = ensure_ml100k() if data == "ml100k" else pathlib.Path(data)
-    if data != "ml100k" and not pathlib.Path(data).is_dir():
-        raise SetupError(f"no such folder (--data {data}): give a split folder "
-                         f"({{train,valid,valid_small,test}}.jsonl.gz) or 'ml100k'")
-    return load_dataset(path)
+    return load_dataset(resolve_data_arg(data))
 
 
 def load_frozen_llm(llm: str | None, dtype: str, progress: bool = True, mesh: jax.sharding.Mesh | None = None):

@@ -14,10 +14,10 @@ import numpy as np
 
 def tiny_dataset(out: str | pathlib.Path, rows: dict[str, int] | None = None, source: str | pathlib.Path = "ml100k") -> pathlib.Path:
     """Write the first N rows of each split of `source` (a split folder or "ml100k") into `out`."""
-    from cora_jax.data import Dataset, ensure_ml100k, load_dataset, write_dataset
+    from cora_jax.data import Dataset, load_dataset, resolve_data_arg, write_dataset
 
     rows = rows or {"train": 96, "valid": 48, "valid_small": 32, "test": 48}
-    ds = load_dataset(ensure_ml100k() if str(source) == "ml100k" else source)
+    ds = load_dataset(resolve_data_arg(source))
     splits = {name: ds.splits[name].take(np.arange(min(n, len(ds.splits[name]))))
               for name, n in rows.items() if name != "valid_small"}
     # valid_small must be a subset of valid: its first rows

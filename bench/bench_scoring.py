@@ -28,6 +28,7 @@ from cora_jax.errors import entry_point
 from cora_jax.llm import length_buckets, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 
 from bench_llm import matmul_peak  # bench/ is on sys.path when a script here runs
 
@@ -61,8 +62,8 @@ def main(argv: list[str]):
     model = CoRA(CoRAConfig(rank=args.rank, alpha=2.0 * args.rank), llm, CF_DIM, tok.answer_token_id("Yes"), rngs=nnx.Rngs(0))
     mesh = M.make_mesh(M.MeshConfig(data=1, fsdp=1), devices=jax.devices()[:1])
     graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
-    st = M.place(trainable, frozen, optax.identity(), mesh)  # scoring: no optimiser state
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
+    st = S.place(trainable, frozen, optax.identity(), mesh)  # scoring: no optimiser state
+    eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
 
     peak = matmul_peak()
     scores = np.zeros(n, np.float32)

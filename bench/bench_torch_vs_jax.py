@@ -72,6 +72,7 @@ from flax import nnx  # noqa: E402
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig  # noqa: E402
 from cora_jax.llm import load_llm  # noqa: E402
 from cora_jax.train import mesh as M  # noqa: E402
+from cora_jax.train import steps as S  # noqa: E402
 from cora_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
@@ -97,7 +98,6 @@ def timed(fn, warmup: int, reps: int) -> tuple[list[float], list[int], object]:
 def setup(args) -> dict:
     """What both sides share: the LLM (cora_jax's load, copied into torch by the torch side), the batch,
     the CoRA config and the initial P."""
-    from cora_jax.cora.model import projection_dims
     from cora_jax.data import PromptConfig, load_dataset, split_prompts
 
     llm, tok = load_llm(None)
@@ -111,7 +111,7 @@ def setup(args) -> dict:
     ccfg = CoRAConfig(rank=args.rank, alpha=2.0 * args.rank)
     L = llm.config.num_hidden_layers
     p_init = {t: 0.02 * np.random.default_rng(i).standard_normal(
-        (L, args.rank, projection_dims(llm.config, t)[1])).astype(np.float32) for i, t in enumerate(QKVO)}
+        (L, args.rank, llm.config.target_dims()[t][1])).astype(np.float32) for i, t in enumerate(QKVO)}
     return dict(llm=llm, batch=batch, answer=tok.answer_token_id("Yes"), ccfg=ccfg, p_init=p_init)
 
 
@@ -123,9 +123,9 @@ def run_jax(args, llm, batch, answer, ccfg, p_init) -> dict:
     mesh = M.make_mesh(M.MeshConfig(data=1, fsdp=1), devices=jax.devices()[:1])
     graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     tx = make_optimizer(OptimConfig())
-    st = M.place(trainable, frozen, tx, mesh)
-    train_step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
+    st = S.place(trainable, frozen, tx, mesh)
+    train_step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
+    eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
     jb = M.shard_batch(batch, mesh)
     state = {"tr": st.trainable, "opt": st.opt_state, "step": 0}
 

@@ -39,6 +39,7 @@ from cora_jax.errors import entry_point
 from cora_jax.llm import INPUT_OF, Llama, LlamaConfig, load_llm
 from cora_jax.runtime import retain_freed_memory
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.setup import make_run_mesh
 from cora_jax.train.memory import llm_config
 from cora_jax.train.optim import OptimConfig, make_optimizer
@@ -111,8 +112,8 @@ def main(argv: list[str]):
                             targets=args.targets), llm, CF_DIM, 0, rngs=nnx.Rngs(1))
     graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
     tx = make_optimizer(OptimConfig())
-    st = M.place(trainable, frozen, tx, mesh)
-    step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
+    st = S.place(trainable, frozen, tx, mesh)
+    step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
     rng = np.random.default_rng(0)
     B, T = args.batch, args.seq
     batch = M.shard_batch({

@@ -12,6 +12,7 @@ from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.data import PromptConfig, load_dataset, render_prompt, split_prompts
 from cora_jax.train import TrainConfig, train
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import RunCheckpoints
 from cora_jax.train.evaluate import evaluate_run
 from cora_jax.train.batches import prepare_split
@@ -58,7 +59,7 @@ def _score_rows(run_dir, rows) -> np.ndarray:
     best = ckpt.best_step()
     ckpt.close()
     graphdef, st = restore_trainable(run_dir, best, build_model(cfg, setup), mesh)
-    step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
+    step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
     return score_rows(lambda b: step(st.trainable, st.frozen, b), prepare_split(setup, rows), cfg.eval_batch_size,
                       setup.tokenizer.pad_id, cfg.length_bucket, mesh, progress=False)
 

@@ -18,10 +18,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cora_jax.cf import CFTrainConfig, train_cf
-from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
+from cora_jax.cora import G_AXES, TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.data import PromptConfig, load_dataset, split_prompts
 from cora_jax.train import SetupError, TrainConfig, load_setup, train
+from cora_jax import sharding as SH
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.optim import OptimConfig
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from llm_helpers import tiny_model
@@ -69,12 +71,12 @@ def _run(model_states, data: int, fsdp: int) -> dict:
     # fresh device buffers per mesh: the train step donates (deletes) its inputs
     trainable, frozen = jax.tree.map(np.array, trainable), jax.tree.map(np.array, frozen)
     tx = TX
-    st = M.place(trainable, frozen, tx, mesh)
+    st = S.place(trainable, frozen, tx, mesh)
     batch = M.shard_batch(_batch(), mesh)
     key = jax.random.key(11)
-    loss_fn = M.cora_loss_fn(graphdef, mesh)
-    loss, grads = M.make_sharded_grad_fn(loss_fn, st, mesh)(st.trainable, st.frozen, batch, key)
-    scores = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)(st.trainable, st.frozen, batch)
+    loss_fn = S.loss_fn(graphdef)
+    loss, grads = S.make_sharded_grad_fn(loss_fn, st, mesh)(st.trainable, st.frozen, batch, key)
+    scores = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)(st.trainable, st.frozen, batch)
     host = lambda t: jax.tree.map(np.asarray, nnx.to_pure_dict(t))  # noqa: E731
     out = {"mesh": mesh, "st": st, "batch": batch, "loss": float(loss), "grads": host(grads), "grads_dev": grads,
            "scores": np.asarray(scores), "scores_dev": scores}
@@ -82,7 +84,7 @@ def _run(model_states, data: int, fsdp: int) -> dict:
         updates, _ = tx.update(grads, st.opt_state, st.trainable)
         out["updated"] = host(optax.apply_updates(st.trainable, updates))
     if (data, fsdp) in STEP_MESHES:
-        step = M.make_sharded_train_step(loss_fn, tx, st, mesh)
+        step = S.make_sharded_train_step(loss_fn, tx, st, mesh)
         new_tr, new_opt, step_loss = step(st.trainable, st.opt_state, st.frozen, batch, key)
         assert st.trainable["p"]["q_proj"][...].is_deleted()  # donated
         out.update(step_loss=float(step_loss), updated=host(new_tr), updated_dev=new_tr, opt_dev=new_opt)
@@ -126,14 +128,14 @@ def test_gradients_reach_generator_and_p(runs):
 
 
 def test_sharded_steps_match_unsharded_cora_call(runs):
-    """cora_scores (G pinned to its sharding) is numerically CoRA.__call__, in eval and train mode."""
+    """batch_scores, what the steps call, is numerically CoRA.__call__, in eval and train mode."""
     graphdef, state = nnx.split(runs["model"])
     b, key = _batch(), jax.random.key(4)
 
     @jax.jit
     def both(state):
         model = nnx.merge(graphdef, state)
-        return (model(b["ids"], b["mask"], b["e_u"], b["e_i"]), M.cora_scores(model, b, key),
+        return (model(b["ids"], b["mask"], b["e_u"], b["e_i"]), model.batch_scores(b, rng=key),
                 model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=key))
     ref_eval, ours_train, ref_train = both(state)
     np.testing.assert_allclose(runs[(1, 1)]["scores"], np.asarray(ref_eval), rtol=TOL, atol=TOL)
@@ -181,11 +183,19 @@ def test_batch_and_scores_are_batch_sharded(runs, mesh_shape, spec):
     assert r["batch"]["e_u"].addressable_shards[0].data.shape == (1, CF)
 
 
-def test_g_is_sharded_on_batch():
-    mesh = _mesh(2, 4)
-    g = jax.jit(lambda x: M.constrain_g(x * 2.0, mesh))(jnp.ones((B, 24, 4)))
-    assert _spec(g) == P(("data", "fsdp"))
-    assert g.addressable_shards[0].data.shape == (1, 24, 4)
+def test_g_is_sharded_on_batch(runs):
+    """CoRA pins its per-sample factors G to the activation rules where it makes them, when traced under a
+    mesh as the sharded steps are."""
+    r = runs[(1, 8)]
+    graphdef = nnx.split(runs["model"], TRAINABLE, ...)[0]
+
+    def g_of(trainable, frozen, b):
+        return nnx.merge(graphdef, trainable, frozen).delta(b["e_u"], b["e_i"]).a["attn_in"]
+    g = S.under_mesh(r["mesh"], jax.jit(g_of))(r["st"].trainable, r["st"].frozen, r["batch"])
+    assert _spec(g) == P("fsdp")
+    assert g.addressable_shards[0].data.shape == (1, *g.shape[1:])
+    x = jnp.ones((B, 24, 4))
+    assert SH.constrain(x, G_AXES) is x  # outside a mesh: left as it is
 
 
 def test_orbax_restore_onto_another_mesh(runs, tmp_path):
@@ -197,7 +207,7 @@ def test_orbax_restore_onto_another_mesh(runs, tmp_path):
     ckptr.wait_until_finished()
     tr_sh = nnx.to_pure_dict(dst["st"].trainable_sh)
     target_sh = {"frozen": nnx.to_pure_dict(dst["st"].frozen_sh), "trainable": tr_sh, "opt_mu": tr_sh}
-    restored = ckptr.restore(tmp_path / "ckpt", M.abstract_with_shardings(state, target_sh))
+    restored = ckptr.restore(tmp_path / "ckpt", S.abstract_with_shardings(state, target_sh))
     ckptr.close()
     for (path, a), (_, b), (_, sh) in zip(jax.tree_util.tree_flatten_with_path(state)[0],
                                           jax.tree_util.tree_flatten_with_path(restored)[0],
@@ -211,11 +221,11 @@ def test_orbax_restore_onto_another_mesh(runs, tmp_path):
 def test_rules_drop_axes_that_do_not_fit():
     mesh = _mesh(2, 4)
     # 10 is not divisible by fsdp=4 -> replicated; a mesh axis is used once per array
-    assert M.spec_for(("vocab", "embed"), (61, 10), mesh, M.PARAM_RULES) == P()
-    assert M.spec_for(("embed", "gen_out"), (24, 24), mesh, M.PARAM_RULES) == P("fsdp")
-    assert M.spec_for(("batch", None), (8, 3), mesh, M.ACTIVATION_RULES) == P(("data", "fsdp"))
+    assert SH.spec_for(("vocab", "embed"), (61, 10), mesh, SH.PARAM_RULES) == P()
+    assert SH.spec_for(("embed", "gen_out"), (24, 24), mesh, SH.PARAM_RULES) == P("fsdp")
+    assert SH.spec_for(("batch", None), (8, 3), mesh, SH.ACTIVATION_RULES) == P(("data", "fsdp"))
     with pytest.raises(ValueError, match="do not match"):
-        M.spec_for(("embed",), (4, 4), mesh, M.PARAM_RULES)
+        SH.spec_for(("embed",), (4, 4), mesh, SH.PARAM_RULES)
 
 
 def test_mesh_config_validation():
@@ -273,8 +283,8 @@ def test_train_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_t
     assert f"stopped training at step 1 of {cfg.max_steps}" in capsys.readouterr().err  # said loudly
 
     placed = []  # the ShardedState and mesh train() builds its step from
-    make_step = M.make_sharded_train_step
-    monkeypatch.setattr(M, "make_sharded_train_step",
+    make_step = S.make_sharded_train_step
+    monkeypatch.setattr(S, "make_sharded_train_step",
                         lambda loss, tx, st, mesh: placed.append((st, mesh)) or make_step(loss, tx, st, mesh))
     got = train(dataclasses.replace(moved, mesh=M.MeshConfig(data=2, fsdp=4), max_wall_minutes=None), setup)
 

@@ -18,6 +18,7 @@ from flax import nnx
 from configs.cora import CORA_MF_ML1M, DEMO_ML100K
 from cora_jax.cora import CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.models import place_model
 from cora_jax.train.optim import decay_mask, make_optimizer
 from llm_helpers import tiny_model
@@ -57,10 +58,10 @@ def _jax_step(model: CoRA, batch: dict) -> dict:
     mesh = M.make_mesh(M.MeshConfig(fsdp=1))
     graphdef, st = place_model(model, tx, mesh)
     out = {"before": _flat(st.trainable), "decays": _flat(decay_mask(st.trainable))}
-    loss_fn = M.cora_loss_fn(graphdef, mesh)
+    loss_fn = S.loss_fn(graphdef)
     b, key = M.shard_batch(batch, mesh), jax.random.key(0)
-    loss, grads = M.make_sharded_grad_fn(loss_fn, st, mesh)(st.trainable, st.frozen, b, key)
-    after, opt_state, step_loss = M.make_sharded_train_step(loss_fn, tx, st, mesh)(
+    loss, grads = S.make_sharded_grad_fn(loss_fn, st, mesh)(st.trainable, st.frozen, b, key)
+    after, opt_state, step_loss = S.make_sharded_train_step(loss_fn, tx, st, mesh)(
         st.trainable, st.opt_state, st.frozen, b, key)
     assert float(step_loss) == float(loss)  # the step took the gradients compared here
     return out | {"loss": float(loss), "grads": _flat(grads), "after": _flat(after),

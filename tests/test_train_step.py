@@ -9,6 +9,7 @@ from flax import nnx
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.llm import Llama, LlamaConfig
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.batches import TrainOrder
 from cora_jax.train.models import place_model
 from cora_jax.train.optim import OptimConfig, decay_mask, make_optimizer, make_schedule
@@ -60,7 +61,7 @@ def test_train_steps_change_only_generator_and_p():
     mesh = M.make_mesh(M.MeshConfig(fsdp=1))  # one device
     graphdef, st = place_model(model, tx, mesh)
     trainable, opt_state, frozen = st.trainable, st.opt_state, st.frozen
-    step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
+    step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
 
     # gradient of step 1: all P zero -> the generator gets exactly no gradient (docs/reference.md#where-g-goes), P does
     def loss(tr):

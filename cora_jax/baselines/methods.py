@@ -1,5 +1,5 @@
 """The paper's LLM baselines (docs/reference.md#llm-baselines) as recommenders with CoRA's interface: a frozen
-Llama, a `loss_offset` Param (see cora_jax.cora.model) and `batch_scores(batch, rng, place_g)` ->
+Llama, a `loss_offset` Param (see cora_jax.cora.model) and `batch_scores(batch, rng)` ->
 the "Yes" logit of every row. They share the data, prompt machinery, score, loss, metrics,
 checkpointing and sharded steps of the training loop; only what is trained differs.
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from cora_jax.baselines.binary_codes import BinaryCodeConfig
-from cora_jax.cora.model import TARGET_PRESETS, projection_dims
+from cora_jax.cora.model import TARGET_PRESETS
 from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.llm import Llama, LowRankDelta
 
@@ -91,7 +91,7 @@ class LoRA(nnx.Module):
         self.targets = TARGET_PRESETS[cfg.targets]
         a, b = {}, {}
         for t in self.targets:
-            d_in, d_out = projection_dims(lc, t)
+            d_in, d_out = lc.target_dims()[t]
             # PEFT's LoRA A init (kaiming_uniform a=sqrt(5)) = U(-1/sqrt(d_in), 1/sqrt(d_in)).
             a[t] = jax.random.uniform(rngs.params(), (lc.num_hidden_layers, d_in, cfg.rank), jnp.float32, -1, 1) / math.sqrt(d_in)
             b[t] = jnp.zeros((lc.num_hidden_layers, cfg.rank, d_out), jnp.float32)
@@ -134,9 +134,7 @@ class LoRARecommender(nnx.Module):
         """[B, S, d_model] input embeddings of the S slot tokens; None = the prompt has no slots."""
         return None
 
-    def batch_scores(self, b: dict, *, rng: jax.Array | None = None,
-                     place_g: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-        """place_g: accepted for the loop's interface; these methods have no per-sample factors."""
+    def batch_scores(self, b: dict, *, rng: jax.Array | None = None) -> jax.Array:
         answer = jnp.asarray([self.answer_id], jnp.int32)
         vectors = self.slot_vectors(b)
         if vectors is None:

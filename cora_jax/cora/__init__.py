@@ -6,9 +6,9 @@ Public API:
                                                nnx filter selecting the trainable parameters
 """
 from .generator import CollabWeightGenerator, GeneratorConfig
-from .model import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig, projection_dims
+from .model import G_AXES, TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig, training_loss
 
 __all__ = [
     "CollabWeightGenerator", "GeneratorConfig",
-    "TARGET_PRESETS", "TRAINABLE", "CoRA", "CoRAConfig", "projection_dims",
+    "G_AXES", "TARGET_PRESETS", "TRAINABLE", "CoRA", "CoRAConfig", "training_loss",
 ]

@@ -111,6 +111,7 @@ class CollabWeightGenerator(nnx.Module):
         self.proj = nnx.Linear(
             cfg.hidden, d_model * rank,
             kernel_init=_torch_linear_init(cfg.hidden), bias_init=_torch_linear_init(cfg.hidden), rngs=rngs,
+            kernel_metadata={"axes": (None, "gen_out")}, bias_metadata={"axes": ("gen_out",)},  # d_model * r wide
         )
 
     def __call__(self, cf_bd: jax.Array, *, rng: jax.Array | None = None) -> jax.Array:

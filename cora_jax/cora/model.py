@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from cora_jax.cora.generator import CollabWeightGenerator, GeneratorConfig
 from cora_jax.errors import FlagError, flag_prefix
-from cora_jax.llm import INPUT_OF, Llama, LowRankDelta
+from cora_jax.llm import INPUT_OF, PROJECTION_AXES, Llama, LowRankDelta
+from cora_jax.sharding import constrain
+
+# Logical axes of the per-sample factors G [B, d_model, r] (batch-split by the activation rules).
+G_AXES = ("batch", "embed", "rank")
 
 # Weight-type presets of the paper's Table 4 -> the projections that get a side branch.
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -53,23 +57,13 @@ class CoRAConfig:
             self.generator.validate()
 
 
-def projection_dims(llm_cfg, target: str) -> tuple[int, int]:
-    """(d_in, d_out) of one target projection of the Llama config."""
-    q_width = llm_cfg.num_attention_heads * llm_cfg.head_dim
-    kv_width = llm_cfg.num_key_value_heads * llm_cfg.head_dim
-    d, f = llm_cfg.hidden_size, llm_cfg.intermediate_size
-    return {
-        "q_proj": (d, q_width), "k_proj": (d, kv_width), "v_proj": (d, kv_width), "o_proj": (q_width, d),
-        "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d),
-    }[target]
-
-
 class Factors(nnx.Module):
-    """One learned array per target projection, as attributes named after the target."""
+    """One learned array per target projection, as attributes named after the target, each with its logical
+    axes (the sharding rules read them)."""
 
-    def __init__(self, arrays: dict[str, jax.Array]):
+    def __init__(self, arrays: dict[str, jax.Array], axes: dict[str, tuple[str, ...]]):
         for name, value in arrays.items():
-            setattr(self, name, nnx.Param(value))
+            setattr(self, name, nnx.Param(value, axes=axes[name]))
 
     def get(self, name: str) -> jax.Array:
         return getattr(self, name)[...]
@@ -94,27 +88,24 @@ class CoRA(nnx.Module):
         self.llm = llm
         self.generator = CollabWeightGenerator(cfg.generator, 2 * cf_dim, lc.hidden_size, cfg.rank, rngs=rngs)
         n_layers = lc.num_hidden_layers
-        dims = {t: projection_dims(lc, t) for t in self.targets}
-        self.p = Factors({t: jnp.zeros((n_layers, cfg.rank, d_out), jnp.float32) for t, (_, d_out) in dims.items()})
+        dims = {t: lc.target_dims()[t] for t in self.targets}
+        self.p = Factors({t: jnp.zeros((n_layers, cfg.rank, d_out), jnp.float32) for t, (_, d_out) in dims.items()},
+                         {t: ("layers", "rank", PROJECTION_AXES[t][1]) for t in dims})
         # PEFT's LoRA A init (kaiming_uniform a=sqrt(5)) = U(-1/sqrt(d_in), 1/sqrt(d_in)).
         own = {
             t: jax.random.uniform(rngs.params(), (n_layers, d_in, cfg.rank), jnp.float32, -1, 1) / math.sqrt(d_in)
             for t, (d_in, _) in dims.items() if d_in != lc.hidden_size
         }
-        self.own_a = Factors(own)
+        self.own_a = Factors(own, {t: ("layers", PROJECTION_AXES[t][0], "rank") for t in own})
         self.own_a_targets = tuple(own)
         # Added to the "Yes" logit inside the training loss only, never to the score (AUC is
         # shift-invariant): it absorbs the base LLM's global logit level (SmolLM2's "Yes" logit sits
         # near +15 on these prompts), which the adapter would otherwise spend its first steps undoing.
         self.loss_offset = nnx.Param(jnp.zeros((), jnp.float32))
 
-    def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None,
-              place_g: Callable[[jax.Array], jax.Array] | None = None) -> LowRankDelta:
-        """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target).
-        place_g: applied to G [B, d_model, r] (the sharded steps pin its sharding with it)."""
-        g_bdr = self.generator(jnp.concatenate([e_u_bd, e_i_bd], axis=-1), rng=rng)
-        if place_g is not None:
-            g_bdr = place_g(g_bdr)
+    def delta(self, e_u_bd: jax.Array, e_i_bd: jax.Array, *, rng: jax.Array | None = None) -> LowRankDelta:
+        """e_u_bd, e_i_bd: [B, cf_dim]. The per-sample delta (G shared by every layer and target)."""
+        g_bdr = constrain(self.generator(jnp.concatenate([e_u_bd, e_i_bd], axis=-1), rng=rng), G_AXES)
         batch = g_bdr.shape[0]
         a = {}
         for t in self.targets:
@@ -128,21 +119,26 @@ class CoRA(nnx.Module):
 
     def __call__(
         self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array, e_u_bd: jax.Array, e_i_bd: jax.Array,
-        *, rng: jax.Array | None = None, place_g: Callable[[jax.Array], jax.Array] | None = None,
+        *, rng: jax.Array | None = None,
     ) -> jax.Array:
         """Left-padded prompts [B, T] + CF embeddings [B, cf_dim] -> "Yes" logits [B]. rng=None: eval mode."""
         gen_rng = None if rng is None else jax.random.fold_in(rng, 0)
         branch_rng = None if rng is None else jax.random.fold_in(rng, 1)
-        delta = self.delta(e_u_bd, e_i_bd, rng=gen_rng, place_g=place_g)
+        delta = self.delta(e_u_bd, e_i_bd, rng=gen_rng)
         answer = jnp.asarray([self.answer_id], jnp.int32)
         return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
 
-    def batch_scores(self, b: dict, *, rng: jax.Array | None = None,
-                     place_g: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    def batch_scores(self, b: dict, *, rng: jax.Array | None = None) -> jax.Array:
         """__call__ on a batch dict (ids, mask, e_u, e_i): the interface every recommender of the
         training loop has (cora_jax.baselines)."""
-        return self(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=rng, place_g=place_g)
+        return self(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=rng)
 
 
 # Trainable = every Param outside the LLM: generator, p, own_a, loss_offset. The LLM is frozen by construction.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))
+
+
+def training_loss(model: nnx.Module, b: dict, rng: jax.Array) -> jax.Array:
+    """Mean BCE of the "Yes" logits plus the learned loss offset: the objective of CoRA and of every baseline
+    (cora_jax.baselines), which share `batch_scores` and `loss_offset`."""
+    return optax.sigmoid_binary_cross_entropy(model.batch_scores(b, rng=rng) + model.loss_offset[...], b["label"]).mean()

@@ -17,6 +17,14 @@ import jax.numpy as jnp
 from .errors import ConfigError
 from .gguf_file import gguf_reader, gguf_value
 
+# Logical (input, output) axes of each projection's kernel; the mesh rules (cora_jax.sharding) map them to
+# mesh axes, and a low-rank factor of a projection takes its axes from here.
+PROJECTION_AXES = {
+    "q_proj": ("embed", "q_heads"), "k_proj": ("embed", "kv_heads"), "v_proj": ("embed", "kv_heads"),
+    "o_proj": ("q_heads", "embed"), "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"),
+    "down_proj": ("mlp", "embed"),
+}
+
 # The rotary variants an HF Llama / Llama-2 / Llama-3 / Vicuna config can carry that we implement.
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # Per-layer rematerialisation policies (see model._remat_policy).

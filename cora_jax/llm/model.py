@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from .attention import attend, build_mask
-from .config import LlamaConfig
+from .config import PROJECTION_AXES, LlamaConfig
 from .low_rank import NO_DELTA, LayerDelta, LowRankDelta
 
 
@@ -120,10 +120,10 @@ class Attention(nnx.Module):
         d, hd = cfg.hidden_size, cfg.head_dim
         kw = dict(cfg=cfg, stack=stack, rngs=rngs)
         qkv_bias = cfg.attention_bias or cfg.qkv_bias
-        self.q_proj = Linear(d, cfg.num_attention_heads * hd, axes=("embed", "q_heads"), use_bias=qkv_bias, **kw)
-        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
-        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
-        self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=("q_heads", "embed"), use_bias=cfg.attention_bias, **kw)
+        self.q_proj = Linear(d, cfg.num_attention_heads * hd, axes=PROJECTION_AXES["q_proj"], use_bias=qkv_bias, **kw)
+        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, axes=PROJECTION_AXES["k_proj"], use_bias=qkv_bias, **kw)
+        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, axes=PROJECTION_AXES["v_proj"], use_bias=qkv_bias, **kw)
+        self.o_proj = Linear(cfg.num_attention_heads * hd, d, axes=PROJECTION_AXES["o_proj"], use_bias=cfg.attention_bias, **kw)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
 
     def __call__(self, x_btd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array, attend_fn, delta: LayerDelta) -> jax.Array:
@@ -142,9 +142,9 @@ class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
         kw = dict(cfg=cfg, use_bias=cfg.mlp_bias, stack=stack, rngs=rngs)
-        self.gate_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
-        self.up_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
-        self.down_proj = Linear(f, d, axes=("mlp", "embed"), **kw)
+        self.gate_proj = Linear(d, f, axes=PROJECTION_AXES["gate_proj"], **kw)
+        self.up_proj = Linear(d, f, axes=PROJECTION_AXES["up_proj"], **kw)
+        self.down_proj = Linear(f, d, axes=PROJECTION_AXES["down_proj"], **kw)
 
     def __call__(self, x_btd: jax.Array, delta: LayerDelta) -> jax.Array:
         """SwiGLU output [B, T, D] of the normed input x."""

@@ -246,7 +246,7 @@ def check_inputs(adapter: pathlib.Path, manifest: dict, cfg: TrainConfig) -> Non
 
 
 def place_params(model: nnx.Module, params: dict[str, np.ndarray], mesh: jax.sharding.Mesh, where: pathlib.Path):
-    """(graphdef, M.ShardedState) of `model` on `mesh` with its trainable parameters set from `params`
+    """(graphdef, S.ShardedState) of `model` on `mesh` with its trainable parameters set from `params`
     (flat names), each array put straight into its shards."""
     graphdef, st = place_model(model, optax.identity(), mesh)
     template = nnx.to_pure_dict(st.trainable)

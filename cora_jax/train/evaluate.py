@@ -15,6 +15,7 @@ import numpy as np
 
 from cora_jax.run_files import SCORES, score_records, write_scores
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
 from cora_jax.train.batches import prepare_split
@@ -143,12 +144,12 @@ def evaluate_run(run_dir: str | pathlib.Path, splits: tuple[str, ...] = ("test",
                          out=pathlib.Path(out or run_dir / "eval"), progress=progress, t0=t0)
 
 
-def score_trained(cfg: TrainConfig, setup: Setup, graphdef, st: M.ShardedState, mesh: jax.sharding.Mesh, *,
+def score_trained(cfg: TrainConfig, setup: Setup, graphdef, st: S.ShardedState, mesh: jax.sharding.Mesh, *,
                   source: dict, label: str, splits: tuple[str, ...], limit: int | None, sample_seed: int | None,
                   out: pathlib.Path, progress: bool, t0: float) -> dict:
     """Score a trained recommender (graphdef + its placed state) and write into `out`; returns the
     results dict. source: where the parameters came from (run, best_step, ...); label: said in the title."""
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
+    eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
     tag = method_name(cfg, setup.cf.kind if setup.cf is not None else None)
     ours, cf_m, records = score_splits(setup, lambda b: eval_step(st.trainable, st.frozen, b), splits, limit,
                                        sample_seed, cfg.eval_batch_size, cfg.length_bucket, tag, mesh, progress)

@@ -20,6 +20,7 @@ import time
 import jax
 
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.batches import SplitInputs, TrainOrder, make_batch, prepare_split
 from cora_jax.train.checkpoint import CheckpointReadError, RunCheckpoints, write_json
 from cora_jax.train.config import TrainConfig, to_dict
@@ -57,7 +58,7 @@ def _finished_summary(run_dir: pathlib.Path, meta: dict) -> dict:
             "best_valid_auc": es["best_auc"], "last_valid_auc": es["last_auc"]}
 
 
-def _restore(run_dir: pathlib.Path, config: dict, latest: int, skipped: list, state: TrainState, st: M.ShardedState,
+def _restore(run_dir: pathlib.Path, config: dict, latest: int, skipped: list, state: TrainState, st: S.ShardedState,
              main: bool) -> TrainState:
     """The state of the newest checkpoint that restores (a corrupt array file the size checks missed falls back
     further), on st's shardings; the unreadable newer steps' folders are set aside (kept, for inspection)."""
@@ -80,7 +81,7 @@ def _restore(run_dir: pathlib.Path, config: dict, latest: int, skipped: list, st
     return restored
 
 
-def _calibrate(cfg: TrainConfig, setup: Setup, state: TrainState, st: M.ShardedState, score, mesh, progress: bool):
+def _calibrate(cfg: TrainConfig, setup: Setup, state: TrainState, st: S.ShardedState, score, mesh, progress: bool):
     """The trainable parameters with the loss offset that makes the base LLM (P = 0) predict the train rows'
     positive rate on average."""
     cal_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.calibrate_rows, sample_seed=cfg.seed))
@@ -125,8 +126,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
               processes=jax.process_count())
 
     frozen = st.frozen
-    train_step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, mesh), st, mesh)
+    train_step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
+    eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
 
     def score(trainable, b):
         return eval_step(trainable, frozen, b)

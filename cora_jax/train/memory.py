@@ -83,6 +83,7 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
     from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
     from cora_jax.llm import Llama
     from cora_jax.train import mesh as M
+    from cora_jax.train import steps as S
     from cora_jax.train.optim import OptimConfig, make_optimizer
 
     n_dev = int(np.prod(req.mesh))
@@ -102,7 +103,7 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
     opt_abs = jax.eval_shape(tx.init, trainable)
     tr_sh, fr_sh = M.state_shardings(trainable, mesh), M.state_shardings(frozen, mesh)
     opt_sh = M.opt_state_shardings(tx, opt_abs, tr_sh, mesh)
-    st = M.ShardedState(trainable, frozen, opt_abs, tr_sh, fr_sh, opt_sh)
+    st = S.ShardedState(trainable, frozen, opt_abs, tr_sh, fr_sh, opt_sh)
     bsh = M.batch_sharding(mesh)
     sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=bsh)  # noqa: E731
     batch = {"ids": sds((req.batch, req.seq), jnp.int32), "mask": sds((req.batch, req.seq), jnp.int32),
@@ -110,9 +111,9 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
              "label": sds((req.batch,), jnp.float32)}
     key = jax.eval_shape(lambda: jax.random.key(0))
 
-    step = M.make_sharded_train_step(M.cora_loss_fn(graphdef, mesh), tx, st, mesh)
-    lowered = step.lower(M.abstract_with_shardings(trainable, tr_sh), M.abstract_with_shardings(opt_abs, opt_sh),
-                         M.abstract_with_shardings(frozen, fr_sh), batch, key)
+    step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
+    lowered = step.lower(S.abstract_with_shardings(trainable, tr_sh), S.abstract_with_shardings(opt_abs, opt_sh),
+                         S.abstract_with_shardings(frozen, fr_sh), batch, key)
     return {"lowered": lowered, "trainable": trainable, "frozen": frozen, "opt_state": opt_abs,
             "shardings": (tr_sh, fr_sh, opt_sh), "mesh": mesh}
 

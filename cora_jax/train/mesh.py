@@ -1,4 +1,5 @@
-"""Device meshes, logical-axis sharding rules and sharded (jitted) CoRA train/eval steps.
+"""Device meshes and the shardings of parameters and batches on them (the logical-axis rules: cora_jax.sharding;
+the sharded steps: cora_jax.train.steps).
 
 One mesh with three named axes:
     data   - pure data parallelism (batch split, parameters replicated along it)
@@ -7,15 +8,11 @@ One mesh with three named axes:
              scanned layer body when it needs them
     tensor - optional Megatron-style split of attention heads and the FFN width (size 1 by default)
 
-Layers never name mesh axes. Every Llama parameter carries logical axis names in its `axes`
-metadata (cora_jax/llm/model.py: layers, vocab, embed, q_heads, kv_heads, mlp, norm); the CoRA
-trainables (generator, P, own A) get theirs from their path (`trainable_axes`). Two rule tables
-map logical names to mesh axes: PARAM_RULES for parameters (and the optimiser state, which
-follows its parameter) and ACTIVATION_RULES for batches and the per-sample factors G [B, d, r].
+Layers never name mesh axes. Every parameter is created with logical axis names in its `axes` metadata
+(the Llama's weights: layers, vocab, embed, q_heads, kv_heads, mlp, norm; CoRA's P, own A and generator
+output: layers, rank, gen_out and the projection's axes); PARAM_RULES map them to mesh axes (the optimiser
+state follows its parameter), ACTIVATION_RULES the batches and CoRA's per-sample factors G [B, d, r].
 Changing the parallelism is editing a table or the MeshConfig, never a layer.
-
-A logical axis is dropped (replicated) when its mesh axes are already used by an earlier dimension
-of the same array or do not divide the dimension, so every model shape works on every mesh.
 
 Multi-host (one process per host, every host running the same command; checkpoints on a shared
 filesystem):
@@ -34,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
 from typing import Any, Callable, Sequence
 
 import jax
@@ -45,41 +41,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from cora_jax.errors import FlagError
+from cora_jax.sharding import ACTIVATION_RULES, PARAM_RULES, Rules, spec_for
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# Logical axis name -> mesh axis (or tuple of axes, or None = replicated).
-Rules = tuple[tuple[str, Any], ...]
-
-PARAM_RULES: Rules = (
-    ("layers", None),        # the scanned layer axis stays whole: scan slices it per step
-    ("vocab", None),         # only K answer rows of the head are read; keep gathers cheap
-    ("embed", "fsdp"),       # d_model: the largest axis every weight has -> FSDP split
-    ("q_heads", "tensor"),   # attention heads x head_dim
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),       # FFN width
-    ("norm", None),          # RMSNorm scales: tiny
-    ("rank", None),          # r of G and P: tiny
-    ("gen_out", "fsdp"),     # generator's final Linear output, d_model * r (33.6M weights at 7B)
-)
-
-ACTIVATION_RULES: Rules = (
-    ("batch", BATCH_AXES),   # every per-sample array: ids, mask, e_u, e_i, labels, G, scores
-    ("length", None),
-    ("embed", None),
-    ("rank", None),
-)
-
-# Logical axes of the per-sample factor G [B, d_model, r] under ACTIVATION_RULES.
-G_AXES = ("batch", "embed", "rank")
-
-# Logical in/out axes of each LowRankDelta target (for the P [L, r, d_out] and own-A [L, d_in, r] factors).
-_TARGET_IO = {
-    "q_proj": ("embed", "q_heads"), "k_proj": ("embed", "kv_heads"), "v_proj": ("embed", "kv_heads"),
-    "o_proj": ("q_heads", "embed"), "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"),
-    "down_proj": ("mlp", "embed"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,79 +102,34 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | No
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-# ------------------------------------------------------------------------------ rules -> specs
-def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh, rules: Rules) -> P:
-    """PartitionSpec of an array with these logical axes under `rules`.
-
-    A logical name absent from the rules, a mesh axis already used by an earlier dimension, or a
-    mesh-axis product that does not divide the dimension leaves that dimension replicated.
-    """
-    if len(logical) != len(shape):
-        raise ValueError(f"logical axes {tuple(logical)} do not match an array of shape {tuple(shape)}")
-    table = dict(rules)
-    used: set[str] = set()
-    out = []
-    for name, dim in zip(logical, shape):
-        target = table.get(name) if name is not None else None
-        axes = (target,) if isinstance(target, str) else tuple(target or ())
-        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-        if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
-            used.update(axes)
-            out.append(axes[0] if len(axes) == 1 else axes)
-        else:
-            out.append(None)
-    while out and out[-1] is None:
-        out.pop()
-    return P(*out)
-
-
-def _path_names(path) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-
-
-def trainable_axes(path: Sequence[str], shape: Sequence[int]) -> tuple[str | None, ...]:
-    """Logical axes of a CoRA trainable that has no `axes` metadata, from its path:
-    generator.proj -> gen_out on its output axis; p.<target> [L, r, d_out]; own_a.<target>
-    [L, d_in, r]; anything else (generator blocks, queries, norms: small) replicated."""
-    names = list(path)
-    if "generator" in names and "proj" in names:
-        return (None,) * (len(shape) - 1) + ("gen_out",)
-    for group in ("p", "own_a"):
-        if group in names and names.index(group) + 1 < len(names):
-            target = names[names.index(group) + 1]
-            if target in _TARGET_IO and len(shape) == 3:
-                d_in, d_out = _TARGET_IO[target]
-                return ("layers", "rank", d_out) if group == "p" else ("layers", d_in, "rank")
-    return (None,) * len(shape)
-
-
+# ------------------------------------------------------------------------------ shardings
 def _value(var):
     """The array (or ShapeDtypeStruct) inside a Variable, or the leaf itself."""
     return var.get_value() if isinstance(var, nnx.Variable) else var
 
 
-def _logical_axes(path, var) -> tuple[str | None, ...]:
+def _logical_axes(var) -> tuple[str | None, ...]:
+    """The `axes` a variable was created with; replicated without them (small trainables: norms, queries)."""
     axes = var.get_metadata().get("axes") if isinstance(var, nnx.Variable) else None
-    shape = np.shape(_value(var))
-    return tuple(axes) if axes is not None else trainable_axes(_path_names(path), shape)
+    return tuple(axes) if axes is not None else (None,) * np.ndim(_value(var))
 
 
-def _sharding(path, var, mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:
-    return NamedSharding(mesh, spec_for(_logical_axes(path, var), np.shape(_value(var)), mesh, rules))
+def _sharding(var, mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:
+    return NamedSharding(mesh, spec_for(_logical_axes(var), np.shape(_value(var)), mesh, rules))
 
 
 def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Any:
     """Same-structure tree of NamedShardings for an nnx State (or any pytree of Variables/arrays)."""
-    def one(path, var):
-        sharding = _sharding(path, var, mesh, rules)
+    def one(var):
+        sharding = _sharding(var, mesh, rules)
         return var.replace(sharding) if isinstance(var, nnx.Variable) else sharding
-    return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def param_sharding_of(mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> Callable[[nnx.Variable], NamedSharding]:
     """The sharding state_shardings gives one parameter (by its logical axes), as a function of the
     parameter: load_llm(sharding_of=...) places each weight with it as it loads."""
-    return lambda var: _sharding((), var, mesh, rules)
+    return lambda var: _sharding(var, mesh, rules)
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, param_shardings: Any,
@@ -268,100 +187,3 @@ def to_host(x: jax.Array) -> np.ndarray:
 def agree(flag: bool) -> bool:
     """Process 0's value of a host-side decision (e.g. a wall-clock budget), on every process."""
     return flag if jax.process_count() == 1 else bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
-
-
-def constrain_g(g_bdr: jax.Array, mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> jax.Array:
-    """Pin the per-sample factors G [B, d_model, r] to their activation sharding (batch-split)."""
-    return jax.lax.with_sharding_constraint(g_bdr, NamedSharding(mesh, spec_for(G_AXES, g_bdr.shape, mesh, rules)))
-
-
-# --------------------------------------------------------------------------- CoRA forward
-def cora_scores(model, b: dict, rng: jax.Array | None, mesh: jax.sharding.Mesh | None = None,
-                rules: Rules = ACTIVATION_RULES) -> jax.Array:
-    """`model.batch_scores` (CoRA or a baseline of cora_jax.baselines) on a batch dict (ids/mask int
-    [B, T], e_u/e_i float [B, cf_dim], slot/uid/iid where the method needs them), CoRA's G pinned
-    to the activation rules when a mesh is given: "Yes" logits [B]. rng=None -> eval mode."""
-    place = None if mesh is None else partial(constrain_g, mesh=mesh, rules=rules)
-    return model.batch_scores(b, rng=rng, place_g=place)
-
-
-def cora_loss_fn(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
-    """(trainable, frozen, batch, key) -> mean BCE of the CoRA "Yes" logits + the learned loss offset."""
-    def loss(trainable, frozen, b, key):
-        model = nnx.merge(graphdef, trainable, frozen)
-        s = cora_scores(model, b, key, mesh) + model.loss_offset[...]
-        return optax.sigmoid_binary_cross_entropy(s, b["label"]).mean()
-    return loss
-
-
-def cora_eval_fn(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
-    """(trainable, frozen, batch) -> eval-mode scores [B]."""
-    return lambda trainable, frozen, b: cora_scores(nnx.merge(graphdef, trainable, frozen), b, None, mesh)
-
-
-# ------------------------------------------------------------------------------ sharded steps
-@dataclasses.dataclass(frozen=True)
-class ShardedState:
-    """Trainable/frozen parameters and optimiser state placed on a mesh, with their shardings."""
-
-    trainable: Any           # nnx.State of the trained parameters (generator, P, own A)
-    frozen: Any              # nnx.State of everything else (the LLM)
-    opt_state: Any           # optax state of `trainable`
-    trainable_sh: Any        # same-structure NamedShardings
-    frozen_sh: Any
-    opt_sh: Any
-
-
-def place(trainable, frozen, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-          rules: Rules = PARAM_RULES, opt_state: Any = None) -> ShardedState:
-    """Shard both states by `rules` and create (or re-place) the optimiser state beside them."""
-    tr_sh, fr_sh = state_shardings(trainable, mesh, rules), state_shardings(frozen, mesh, rules)
-    trainable, frozen = jax.device_put(trainable, tr_sh), jax.device_put(frozen, fr_sh)
-    abstract_opt = jax.eval_shape(tx.init, trainable) if opt_state is None else opt_state
-    opt_sh = opt_state_shardings(tx, abstract_opt, tr_sh, mesh)
-    if opt_state is None:
-        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-    else:
-        opt_state = jax.device_put(opt_state, opt_sh)
-    return ShardedState(trainable, frozen, opt_state, tr_sh, fr_sh, opt_sh)
-
-
-def make_sharded_train_step(loss_fn: Callable, tx: optax.GradientTransformation, st: ShardedState,
-                            mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> Callable:
-    """Jitted (trainable, opt_state, frozen, batch, key) -> (trainable, opt_state, loss).
-
-    loss_fn(trainable, frozen, batch, key) -> scalar. Gradients of `trainable` only (the frozen LLM
-    is a non-differentiated argument). Explicit in/out shardings; trainable and opt_state are
-    donated, so their buffers are updated in place.
-    """
-    rep, bsh = NamedSharding(mesh, P()), batch_sharding(mesh, rules)
-
-    @partial(jax.jit, in_shardings=(st.trainable_sh, st.opt_sh, st.frozen_sh, bsh, rep),
-             out_shardings=(st.trainable_sh, st.opt_sh, rep), donate_argnums=(0, 1))
-    def step(trainable, opt_state, frozen, b, key):
-        loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen, b, key)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
-    return step
-
-
-def make_sharded_grad_fn(loss_fn: Callable, st: ShardedState, mesh: jax.sharding.Mesh,
-                         rules: Rules = ACTIVATION_RULES) -> Callable:
-    """Jitted (trainable, frozen, batch, key) -> (loss, grads); grads sharded like `trainable`."""
-    rep, bsh = NamedSharding(mesh, P()), batch_sharding(mesh, rules)
-    return jax.jit(jax.value_and_grad(loss_fn), in_shardings=(st.trainable_sh, st.frozen_sh, bsh, rep),
-                   out_shardings=(rep, st.trainable_sh))
-
-
-def make_sharded_eval_step(score_fn: Callable, st: ShardedState, mesh: jax.sharding.Mesh,
-                           rules: Rules = ACTIVATION_RULES) -> Callable:
-    """Jitted (trainable, frozen, batch) -> scores [B] (batch-sharded)."""
-    bsh = batch_sharding(mesh, rules)
-    return jax.jit(score_fn, in_shardings=(st.trainable_sh, st.frozen_sh, bsh), out_shardings=bsh)
-
-
-def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying concrete NamedShardings: the Orbax restore target that lands
-    each restored array directly in its shards (an AbstractMesh does not work with Orbax 0.12)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
-

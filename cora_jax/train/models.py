@@ -11,6 +11,7 @@ from flax import nnx
 
 from cora_jax.cora import TRAINABLE, CoRA
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import RunCheckpoints, trained_best_step
 from cora_jax.train.config import TrainConfig
 from cora_jax.train.setup import Setup, SetupError, load_run_config
@@ -60,17 +61,17 @@ def load_frozen_lora(mc, setup: Setup) -> dict:
 
 
 def place_model(model: nnx.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
-    """(graphdef, M.ShardedState): the model's trainable / frozen parameters and a fresh `tx` state
+    """(graphdef, S.ShardedState): the model's trainable / frozen parameters and a fresh `tx` state
     sharded over `mesh`. The model's frozen (LLM) variables are pointed at the placed arrays, so the
     LLM is held once, sharded, by the model and by anything else sharing it (Setup.llm)."""
     graphdef, trainable, frozen = nnx.split(model, TRAINABLE, ...)
-    st = M.place(trainable, frozen, tx, mesh)
+    st = S.place(trainable, frozen, tx, mesh)
     nnx.update(model, st.frozen)
     return graphdef, st
 
 
 def restore_trainable(run_dir: str | pathlib.Path, step: int, model: nnx.Module, mesh: jax.sharding.Mesh):
-    """(graphdef, M.ShardedState) of `model` placed on `mesh` for scoring (no optimiser state), with the
+    """(graphdef, S.ShardedState) of `model` placed on `mesh` for scoring (no optimiser state), with the
     trainable parameters of checkpoint `step` restored straight into their shards (the checkpoint's
     optimiser state is not read)."""
     graphdef, st = place_model(model, optax.identity(), mesh)

@@ -19,6 +19,7 @@ import numpy as np
 from cora_jax.data import Dataset, Split
 from cora_jax.errors import FlagError, UsageError
 from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import trained_best_step
 from cora_jax.train.evaluate import method_name
 from cora_jax.train.batches import prepare_split
@@ -112,7 +113,7 @@ def recommend(run_dir: str | pathlib.Path, uid: int, items: tuple[int, ...] | No
     rows = candidate_split(ds, uid, chosen)
     setup = load_setup(cfg, mesh=device_mesh)
     graphdef, st = restore_trainable(run_dir, best, build_model(cfg, setup), device_mesh)
-    eval_step = M.make_sharded_eval_step(M.cora_eval_fn(graphdef, device_mesh), st, device_mesh)
+    eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, device_mesh)
     scores = score_rows(lambda b: eval_step(st.trainable, st.frozen, b), prepare_split(setup, rows),
                         cfg.eval_batch_size, setup.tokenizer.pad_id, cfg.length_bucket, device_mesh, progress=False)
     seen = set(interacted_items(ds, uid).tolist())

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cora_jax.train import mesh as M
+from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import RunCheckpoints
 from cora_jax.train.config import RESUMABLE_FIELDS, with_defaults
 
@@ -29,7 +29,7 @@ def pack_state(trainable, opt_state, key) -> tuple[dict, dict]:
     return jax.tree.map(lambda x: x.copy(), checkpoint_tree(trainable, opt_state, key))
 
 
-def unpack_state(params: dict, resume: dict, st: M.ShardedState):
+def unpack_state(params: dict, resume: dict, st: S.ShardedState):
     """(trainable, opt_state, key) of a restored checkpoint_tree, on st's shardings."""
     trainable = st.trainable
     nnx.replace_by_pure_dict(trainable, params)
@@ -52,7 +52,7 @@ def calibrated_offset(base_scores: np.ndarray, labels: np.ndarray) -> float:
     return math.log(rate / (1 - rate)) - float(base_scores.mean())
 
 
-def set_loss_offset(trainable, st: M.ShardedState, value: float):
+def set_loss_offset(trainable, st: S.ShardedState, value: float):
     pure = nnx.to_pure_dict(trainable)
     pure["loss_offset"] = jnp.asarray(value, jnp.float32)
     nnx.replace_by_pure_dict(trainable, pure)

@@ -12,6 +12,8 @@ from configs import PRESETS, get_preset
 from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.data import DataError, PromptConfig, load_dataset, split_prompts
 from cora_jax.train import TrainConfig, load_setup, train
+from cora_jax.train.paired_test import scored_test_rows
+from cora_jax.train.report_records import load_results
 from cora_jax.train.setup import SetupError, get_split
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from cli_helpers import error_line
@@ -130,9 +132,14 @@ def test_zero_shot_cli_scores_the_base_llm(tiny):
     _load("eval").main(["--zero-shot", "--llm", str(llm), "--data", str(data), "--cf", str(root / "cf"),
                         "--split", "test", "--limit", "12", "--out", str(out), "--max-titles", "3", "--no-progress"])
     res = json.loads((out / "results.json").read_text())
-    assert res["models"]["ICL (zero-shot base LLM)"]["test"]["rows"] == 12
-    assert res["models"]["MF (CF, same rows)"]["test"]["rows"] == 12
+    icl, cf = res["models"]["ICL (zero-shot base LLM)"], res["models"]["MF (CF, same rows)"]
+    assert icl["test"]["rows"] == 12 and cf["test"]["rows"] == 12
+    assert (icl["method"], icl["role"], icl["limit"], icl["scores_tag"]) == ("ICL", "zero-shot", 12, "ICL")
+    assert (cf["method"], cf["role"], cf["scores_tag"]) == ("MF", "cf", None)
     assert len((out / "scores.jsonl").read_text().splitlines()) == 12
+    records = load_results([str(out)])  # as eval.py report reads it: by those fields
+    assert [(r["label"], r["role"], r["llm"]) for r in records] == [("ICL", "zero-shot", res["llm"]), ("MF", "cf", "–")]
+    assert len(scored_test_rows(records[0], {})["key"]) == 12
 
 
 @pytest.fixture(scope="module")

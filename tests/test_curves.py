@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from cora_jax.run_files import ReportError
 from cora_jax.train.curves import load_curves
-from cora_jax.train.report import ReportError
 from cli_helpers import error_line
 from eval import main
 

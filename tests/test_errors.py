@@ -18,7 +18,7 @@ from cora_jax.train import TrainConfig
 from cora_jax.train.checkpoint import CheckpointReadError, ConfigMismatchError, DiskSpaceError, NoIntactCheckpointError
 from cora_jax.train.setup import SetupError
 from cora_jax.train.mesh import MeshConfig
-from cora_jax.train.report import ReportError
+from cora_jax.run_files import ReportError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

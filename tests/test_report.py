@@ -1,6 +1,7 @@
 """eval.py report: synthetic results files of each kind -> report.md, report.json, warm_cold.png and id_only.png;
 the paired DeLong test against a reference method from synthetic scores.jsonl."""
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cora_jax.metrics import delong_paired
-from cora_jax.train.report import _short_run_names, load_results
+from cora_jax.train.paired_test import scored_test_rows
+from cora_jax.train.report_records import load_results, short_run_names
+from cora_jax.train.results import ModelResult, models_json
 from cli_helpers import error_line
 from eval import main
 
@@ -141,14 +144,61 @@ def test_the_cf_row_repeated_by_runs_on_the_same_rows_is_listed_once(inputs):
     assert sum(r["method"] == "CoRA-MF" for r in records) == 2
 
 
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
+
+
+def test_the_committed_results_load_by_the_names_eval_py_gave_their_models():
+    """results/ holds files written before model entries carried their fields: CF runs (table3) and CoRA-MF runs
+    (seeds) scored with MF on the same 2,000 test rows; each model's per-row test scores are found by its tag."""
+    seeds = [RESULTS / "seeds" / f"{order}-s{seed}" for order in ("uniform", "bucketed") for seed in (2023, 1, 2)]
+    records = load_results([str(RESULTS / "table3" / "mf"), str(RESULTS / "table3" / "lightgcn"), *map(str, seeds)])
+    got = [(r["method"], r["role"], r["with_titles"], r["targets"], r["scores_tag"], r["llm"]) for r in records]
+    cora = ("CoRA-MF", "method", True, "qkvo", "CoRA-MF", "SmolLM2-135M-Instruct (embedded)")
+    assert got == [("MF", "method", True, None, "mf", "–"), ("LightGCN", "method", True, None, "lightgcn", "–"),
+                   cora, ("MF", "cf", True, None, None, "–"), *[cora] * 5]  # one MF row for the six runs' identical ones
+    assert [r["label"] for r in records[:4]] == ["MF [mf]", "LightGCN", "CoRA-MF [uniform-s2023]", "MF [uniform-s2023]"]
+    cache = {}
+    rows = [scored_test_rows(r, cache) for r in records]
+    assert [len(x["key"]) if isinstance(x, dict) else x for x in rows[:4]] == [
+        7331, 7331, 2000, "scores.jsonl has no test rows of MF (CF, same rows)"]
+
+
+@pytest.mark.parametrize("kind, models", [
+    ("cora", [ModelResult("TALLRec", "method", False, 500, {"test": _m(0.69, rows=500)}, "TALLRec (ID-only)"),
+              ModelResult("MF", "cf", True, 500, {"test": _m(0.64, rows=500)}, None)]),
+    ("zero_shot", [ModelResult("ICL", "zero-shot", True, 500, {"test": _m(0.51, rows=500)}, "ICL"),
+                   ModelResult("SASRec", "cf", True, 500, {"test": _m(0.66, rows=500)}, None)])])
+def test_model_entries_with_their_fields_read_as_the_names_that_stood_for_them(tmp_path, kind, models):
+    """results.json as eval.py writes it now (each model entry with its fields beside its splits) and as it wrote
+    it before (the name alone) give the same records."""
+    common = {"kind": kind, "data": "ml-1m-collm", "llm": "TinyLLM", "limit": 500}
+    _write(tmp_path / "now" / "results.json", {**common, "models": models_json(models)})
+    _write(tmp_path / "before" / "results.json", {**common, "models": {m.name: m.splits for m in models}})
+    entries = json.loads((tmp_path / "now" / "results.json").read_text())["models"]
+    assert [ModelResult.from_json(e) for e in entries.values()] == models
+    assert entries[models[0].name]["test"] == models[0].splits["test"]  # `models[name][split]` reads as before
+
+    def read(folder):
+        return [{k: v for k, v in r.items() if k not in ("source", "run")} for r in load_results([str(tmp_path / folder)])]
+    assert read("now") == read("before")
+    assert [(r["label"], r["role"]) for r in read("now")] == [(("TALLRec (ID-only)", "method") if kind == "cora" else
+                                                                ("ICL", "zero-shot")), (models[1].method, "cf")]
+
+
+def test_a_model_without_fields_under_a_name_eval_py_never_gave_is_refused(tmp_path, capsys):
+    _write(tmp_path / "odd" / "results.json", {"kind": "cora", "models": {"CoRA-MF (bf16)": {"test": _m(0.7)}}})
+    assert re.search(r"odd/results.json: model 'CoRA-MF \(bf16\)' has no 'role' field",
+                     error_line(capsys, main, ["report", str(tmp_path / "odd"), "--out", str(tmp_path / "report")]))
+
+
 def test_run_names_are_the_shortest_folder_suffixes_that_differ():
-    names = _short_run_names(["runs/a/eval/results.json", "runs/a/eval-full/results.json", "x/b/results.json",
+    names = short_run_names(["runs/a/eval/results.json", "runs/a/eval-full/results.json", "x/b/results.json",
                               "y/b/results.json", "y/b/results.json"])
     assert names == {"runs/a/eval/results.json": "a", "runs/a/eval-full/results.json": "a/eval-full",
                      "x/b/results.json": "x/b", "y/b/results.json": "y/b"}
-    assert _short_run_names(["runs/a/eval/results.json", "x/a/eval/results.json"]) == {
+    assert short_run_names(["runs/a/eval/results.json", "x/a/eval/results.json"]) == {
         "runs/a/eval/results.json": "runs/a", "x/a/eval/results.json": "x/a"}
-    assert _short_run_names(["runs/cf/mf/results.json", "runs/cora/eval/results.json"]) == {
+    assert short_run_names(["runs/cf/mf/results.json", "runs/cora/eval/results.json"]) == {
         "runs/cf/mf/results.json": "mf", "runs/cora/eval/results.json": "cora"}
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cora_jax.metrics import delong_paired
-from cora_jax.train.report import ReportError
+from cora_jax.run_files import ReportError
 from cora_jax.train.seed_study import load_run, main, summarize
 
 N = 200

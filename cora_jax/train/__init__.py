@@ -8,6 +8,7 @@ Public API:
     load_setup, SetupError                                      setup.py
     RunCheckpoints, ConfigMismatchError                         checkpoint.py
     evaluate_run, evaluate_zero_shot                            evaluate.py
+    ModelResult (a results.json model entry), read_models       results.py
 """
 from .checkpoint import ConfigMismatchError, RunCheckpoints
 from .config import TrainConfig, from_dict, to_dict

@@ -13,27 +13,25 @@ The config stored in meta is compared with the requested one *before* any array 
 checkpoint written by another configuration is refused with a list of the differing fields, never
 partially loaded. A checkpoint whose files are missing, truncated or corrupt raises
 CheckpointReadError (one line: the step, the file, why); its data files are checked against the
-OCDBT index before Orbax reads them, so the usual damage is reported without Orbax's noise.
+OCDBT index before Orbax reads them (checkpoint_damage.py), so the usual damage is reported without
+Orbax's noise (which orbax_noise.py quiets when Orbax fails all the same).
 """
 from __future__ import annotations
 
-import inspect
 import json
-import logging
 import pathlib
-import re
 import shutil
-import sys
 from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorstore as ts
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from cora_jax.errors import CoraError
+from cora_jax.train import checkpoint_damage
+from cora_jax.train.orbax_noise import quiet_orphaned_reads
 
 METRIC = "valid_auc"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
@@ -247,19 +245,19 @@ class RunCheckpoints:
         """read() of `items` of step, their data files checked first; an unreadable file raises
         CheckpointReadError naming it (other errors, e.g. a template of another structure, pass)."""
         step_dir = self.directory / str(step)
-        _quiet_orphaned_reads(self.directory)  # before reading: the noise of a failed read starts as soon as it fails
+        quiet_orphaned_reads(self.directory)  # before reading: the noise of a failed read starts as soon as it fails
         try:
             for item in items:
-                damage = _damaged_file(step_dir / item)
+                damage = checkpoint_damage.damaged_file(step_dir / item)
                 if damage:
                     raise CheckpointReadError(step, *damage)
             return read()
         except CheckpointReadError:
             raise
         except Exception as err:
-            if not _unreadable(err):
+            if not checkpoint_damage.unreadable(err):
                 raise
-            raise CheckpointReadError(step, *_describe(err, step_dir, items)) from None
+            raise CheckpointReadError(step, *checkpoint_damage.describe(err, step_dir, items)) from None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -282,157 +280,6 @@ def _legacy_restore(template: Any, partial: bool = False) -> ocp.args.PyTreeRest
     abstract = _abstract_tree(template)
     return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=partial)
-
-
-# "<kind>:<base path>:<relative path>:<offset>:<length>": where an OCDBT index puts a node or a value
-_LOCATION = re.compile(r"(value|btreenode|versionnode):([^:]*):([^:]*):(\d+):(\d+)")
-
-
-def _locations(tree: Any, key: bytes | None = None):
-    """(key, location match) of every location in a dumped OCDBT node; key: the entry's, for values."""
-    if isinstance(tree, str):
-        match = _LOCATION.fullmatch(tree)
-        if match:
-            yield key, match
-    elif isinstance(tree, dict):
-        for v in tree.values():
-            yield from _locations(v, tree.get("key"))
-    elif isinstance(tree, list):
-        for v in tree:
-            yield from _locations(v)
-
-
-class _UnreadableIndex(Exception):
-    """A node of an OCDBT index (its manifest or a tree node) that cannot be decoded."""
-
-    def __init__(self, file: pathlib.Path, why: str):
-        self.file, self.why = str(file), why
-        super().__init__(f"{file}: {why}")
-
-
-def _indexed_files(item_dir: pathlib.Path):
-    """(key, file, bytes the file must have) of each tree node (key None) and stored value that the
-    OCDBT database in item_dir indexes, parents before children. Reads only the index; a node that
-    does not decode raises _UnreadableIndex."""
-    kv = ts.KvStore.open({"driver": "file", "path": f"{item_dir}/"}).result()
-    pending: list[tuple[str | None, pathlib.Path]] = [(None, item_dir / "manifest.ocdbt")]  # None: the manifest
-    while pending:
-        loc, file = pending.pop()
-        try:
-            node = ts.ocdbt.dump(kv, loc).result()
-        except ValueError as err:
-            raise _UnreadableIndex(file, _why(err)) from None
-        for key, match in _locations(node):
-            kind, base, rel, offset, length = match.groups()
-            yield key, item_dir / base / rel, int(offset) + int(length)
-            if kind != "value":
-                pending.append((match.group(0), item_dir / base / rel))
-
-
-def _damaged_file(item_dir: pathlib.Path) -> tuple[str, str] | None:
-    """(file, why) of the first file that the OCDBT database in item_dir indexes but that is missing,
-    shorter than the index says or (an index node) undecodable; None when all are fine (or item_dir
-    holds no such database)."""
-    if not (item_dir / "manifest.ocdbt").is_file():
-        return None if item_dir.is_dir() else (str(item_dir), "missing")
-    try:
-        for _, path, need in _indexed_files(item_dir):
-            if not path.is_file():
-                return str(path), "missing"
-            if path.stat().st_size < need:
-                return str(path), f"truncated to {path.stat().st_size} bytes, its index needs {need} bytes"
-    except _UnreadableIndex as err:
-        return err.file, err.why
-    return None
-
-
-def _chain(err: BaseException):
-    while err is not None:
-        yield err
-        err = err.__cause__ or err.__context__
-
-
-def _unreadable(err: BaseException) -> bool:
-    """Whether err says a file could not be read or decoded: an OS error, bad JSON, or a TensorStore
-    status ("DATA_LOSS: ...", "NOT_FOUND: ...") anywhere in its chain."""
-    return any(isinstance(e, (OSError, json.JSONDecodeError)) or re.match(r"[A-Z][A-Z_]+: ", str(e))
-               for e in _chain(err))
-
-
-def _describe(err: BaseException, step_dir: pathlib.Path, items: tuple[str, ...]) -> tuple[str, str]:
-    """(file, why) of an unreadable checkpoint: the most specific file the errors name (the data file
-    of the array value TensorStore failed on; else the items' folders), and the innermost error's
-    first line, without TensorStore's spec and the paths already named."""
-    errors = list(_chain(err))
-    file = None
-    for e in errors:
-        text = str(e)
-        names = re.findall(r'local file "([^"]+)"', text) or re.findall(r"(/[^\s\"']+?)\.?$", text.split("\n")[0])
-        file = getattr(e, "filename", None) or (names[-1] if names else None) or file
-        value = re.search(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
-        if value:
-            file = _value_file(pathlib.Path(value.group(2)), value.group(1).encode()) or file
-    return file or ", ".join(str(step_dir / i) for i in items), _why(errors[-1])
-
-
-def _why(err: BaseException) -> str:
-    """err's first line, without TensorStore's spec and the paths it names (said beside it)."""
-    why = str(err).split(" [tensorstore_spec=")[0].split("\n")[0]
-    if 'local file "' in why:
-        return why.rsplit('": ', 1)[-1][:300]
-    if not re.match(r"[A-Z][A-Z_]+: ", why):
-        why = f"{type(err).__name__}: {why}" if why else type(err).__name__
-    return why[:300]
-
-
-def _value_file(item_dir: pathlib.Path, key: bytes) -> str | None:
-    """The data file holding `key` in the OCDBT database item_dir, if its index can be read."""
-    try:
-        return next((str(path) for k, path, _ in _indexed_files(item_dir) if k == key), None)
-    except (ValueError, _UnreadableIndex):
-        return None
-
-
-def _quiet_orphaned_reads(directory: pathlib.Path) -> None:
-    """After a failed restore, Orbax's other reads of the checkpoint end on its closed event loop, each
-    printing an 'Event loop is closed' traceback or a '... exception was never retrieved' log record
-    (hundreds for a large model); the CheckpointReadError already says what is wrong, so these
-    process-wide filters drop just those: records that name a checkpoint folder being read, or whose
-    exception was raised in Orbax. The filters are installed once; `directory` joins the folders."""
-    _read_dirs.add(str(directory))
-    if len(_read_dirs) > 1:
-        return
-    previous = sys.unraisablehook
-
-    def hook(u) -> None:
-        orbax_coroutine = inspect.iscoroutine(u.object) and "/orbax/" in u.object.cr_code.co_filename
-        loop_closed = isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)
-        if not (orbax_coroutine or loop_closed):
-            previous(u)
-
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(lambda r: not _orphaned_read_failure(r))
-
-
-def _orphaned_read_failure(record: logging.LogRecord) -> bool:
-    """A 'Task / Future / _GatheringFuture exception was never retrieved' record of a checkpoint read."""
-    if "exception was never retrieved" not in str(record.msg):
-        return False
-    text = record.getMessage()
-    if "/orbax/" in text or any(d in text for d in _read_dirs):
-        return True
-    err = record.exc_info[1] if record.exc_info else None
-    while err is not None:
-        tb = err.__traceback__
-        while tb is not None:
-            if "/orbax/" in tb.tb_frame.f_code.co_filename:
-                return True
-            tb = tb.tb_next
-        err = err.__cause__ or err.__context__
-    return False
-
-
-_read_dirs: set[str] = set()
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

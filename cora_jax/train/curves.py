@@ -10,7 +10,7 @@ import math
 import pathlib
 
 from cora_jax.run_files import ReportError, json_lines
-from cora_jax.train.report import _short_run_names
+from cora_jax.train.report_records import short_run_names
 
 METRICS = "metrics.jsonl"
 
@@ -37,7 +37,7 @@ def load_curves(inputs: list[str]) -> list[dict]:
     """{run (its shortest distinct folder name), source (the metrics.jsonl), step, train_loss, valid_auc} of each
     input folder whose metrics.jsonl holds an evaluation, in input order; other inputs are left out."""
     files = [p / METRICS for p in map(pathlib.Path, inputs) if (p / METRICS).is_file()]
-    names = _short_run_names([str(f) for f in files])
+    names = short_run_names([str(f) for f in files])
     curves = [{"run": names[str(f)], "source": str(f), **read_curve(f)} for f in files]
     return [c for c in curves if c["step"]]
 

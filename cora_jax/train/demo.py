@@ -12,6 +12,7 @@ import pathlib
 import time
 
 from cora_jax.train.checkpoint import write_json
+from cora_jax.train.results import ModelResult, models_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +75,17 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     timings["eval_s"] = time.time() - t2
     timings["total_s"] = time.time() - t0
 
-    models = {**cora["models"], **{k: v for k, v in zs["models"].items() if k.startswith("ICL")}}
-    test = {name: per.get("test") for name, per in models.items()}
+    models = [*map(ModelResult.from_json, cora["models"].values()),
+              *(m for m in map(ModelResult.from_json, zs["models"].values()) if m.role == "zero-shot")]
+    test_auc = {m.role: m.splits["test"]["auc"] for m in models}  # CoRA-MF, MF, zero-shot: one model each
     results = {
         "title": "Demo: ML-100K + SmolLM2-135M + MF (embedded defaults)", "kind": "demo",
         "data": tcfg.data, "llm": cora["llm"],
         "rows": f"{cfg.test_rows} test rows drawn at random (seed {cfg.test_seed})" if cfg.test_rows else "the whole test split",
-        "cora_mf_test_auc": test["CoRA-MF"]["auc"],
-        "zero_shot_test_auc": test["ICL (zero-shot base LLM)"]["auc"],
-        "mf_test_auc": test["MF (CF, same rows)"]["auc"],
-        "models": models, "train": summary, "preset": cfg.preset, "timings_s": timings,
+        "cora_mf_test_auc": test_auc["method"],
+        "zero_shot_test_auc": test_auc["zero-shot"],
+        "mf_test_auc": test_auc["cf"],
+        "models": models_json(models), "train": summary, "preset": cfg.preset, "timings_s": timings,
         "paper": cora["paper"], "note": "the paper's rows are Vicuna-7B on ML-1M, shown for orientation only",
     }
     out.mkdir(parents=True, exist_ok=True)

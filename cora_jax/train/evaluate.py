@@ -20,6 +20,7 @@ from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
 from cora_jax.train.batches import prepare_split
 from cora_jax.train.models import build_model, restore_trainable
+from cora_jax.train.results import CF_NAMES, ZERO_SHOT, ModelResult, display_name, models_json, paper_name
 from cora_jax.train.scoring import base_score_fn, score_rows
 from cora_jax.train.setup import Setup, get_split, load_run_config, load_setup, make_run_mesh
 
@@ -37,17 +38,11 @@ PAPER_ML1M_TARGETS = {
     "qkvof": (0.7312, 0.6801), "qkvo": (0.7361, 0.6884), "qkv": (0.6947, 0.5933), "qko": (0.7111, 0.5973),
     "qk": (0.6784, 0.5887),
 }
-CF_NAMES = {"mf": "MF", "lightgcn": "LightGCN", "sasrec": "SASRec"}
-_CF_SUFFIX = {"mf": "MF", "lightgcn": "LGCN", "sasrec": "SAS"}
-_METHOD_NAMES = {"tallrec": "TALLRec", "prompt4nr": "Prompt4NR", "personprompt": "PersonPrompt", "binllm": "BinLLM"}
 
 
 def method_name(cfg: TrainConfig, cf_kind: str | None) -> str:
-    """The paper's name of a run's method: CoRA-MF, CoLLM-LGCN, TALLRec, ... (+ " (ID-only)")."""
-    kind = cfg.method.kind
-    name = f"{'CoRA' if kind == 'cora' else 'CoLLM'}-{_CF_SUFFIX.get(cf_kind, cf_kind)}" if kind in ("cora", "collm") \
-        else _METHOD_NAMES[kind]
-    return name if cfg.with_titles else f"{name} (ID-only)"
+    """A run's method as its scores, adapter and recommendations name it: CoRA-MF, TALLRec, ... (+ " (ID-only)")."""
+    return display_name(paper_name(cfg.method.kind, cf_kind), "method", cfg.with_titles)
 
 
 def _metrics_dict(m) -> dict:
@@ -74,9 +69,9 @@ def _fmt(m: dict | None) -> str:
 def markdown_table(results: dict) -> str:
     """One row per (model, split); the CF model and the paper's numbers beside ours."""
     lines = [f"# {results['title']}", "", "| model | split | rows | AUC | UAUC |", "|---|---|---|---|---|"]
-    for model_name, per_split in results["models"].items():
-        for split_name, m in per_split.items():
-            lines.append(f"| {model_name} | {split_name} | {m['rows']} {_fmt(m)}")
+    for model in map(ModelResult.from_json, results["models"].values()):
+        for split_name, m in model.splits.items():
+            lines.append(f"| {model.name} | {split_name} | {m['rows']} {_fmt(m)}")
     paper = results.get("paper") or {}
     if paper:
         lines += ["", f"Paper (Table 3, {paper['setting']}), test:", "", "| model | AUC | UAUC |", "|---|---|---|"]
@@ -150,16 +145,21 @@ def score_trained(cfg: TrainConfig, setup: Setup, graphdef, st: S.ShardedState, 
     """Score a trained recommender (graphdef + its placed state) and write into `out`; returns the
     results dict. source: where the parameters came from (run, best_step, ...); label: said in the title."""
     eval_step = S.make_sharded_eval_step(S.eval_fn(graphdef), st, mesh)
-    tag = method_name(cfg, setup.cf.kind if setup.cf is not None else None)
+    method = paper_name(cfg.method.kind, setup.cf.kind if setup.cf is not None else None)
+    tag = display_name(method, "method", cfg.with_titles)
     ours, cf_m, records = score_splits(setup, lambda b: eval_step(st.trainable, st.frozen, b), splits, limit,
                                        sample_seed, cfg.eval_batch_size, cfg.length_bucket, tag, mesh, progress)
+    models = [ModelResult(method, "method", cfg.with_titles, limit, ours, tag)]
+    if cf_m:
+        models.append(ModelResult(CF_NAMES[setup.cf.kind], "cf", True, limit, cf_m, None))
     results = {
         "title": f"{tag} ({label})", "kind": "cora", "method": cfg.method.kind,
         "with_titles": cfg.with_titles, **source,
         "data": cfg.data, "llm": cfg.llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit,
-        "models": {tag: ours, **({f"{CF_NAMES[setup.cf.kind]} (CF, same rows)": cf_m} if cf_m else {})},
+        "models": models_json(models),
+        # the paper's rows are of prompts with titles: none beside an ID-only run
         "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {
-            k: PAPER_ML1M[k] for k in (tag, CF_NAMES.get(getattr(setup.cf, "kind", None)), "ICL") if k in PAPER_ML1M}},
+            k: PAPER_ML1M[k] for k in [*(m.method for m in models if m.with_titles), ZERO_SHOT] if k in PAPER_ML1M}},
         "note": _limit_note(limit, sample_seed),
         "wall_s": time.time() - t0,
     }
@@ -180,15 +180,15 @@ def evaluate_zero_shot(llm: str | None, data: str, splits: tuple[str, ...] = ("t
     device_mesh = make_run_mesh(mesh, eval_batch_size=eval_batch_size)
     setup = setup or load_setup(cfg, need_cf=cf is not None, mesh=device_mesh)
     fn = base_score_fn(setup.llm, setup.answer_id, device_mesh)
-    ours, cf_m, records = score_splits(setup, fn, splits, limit, sample_seed, eval_batch_size, length_bucket, "ICL",
-                                       device_mesh, progress)
-    models = {"ICL (zero-shot base LLM)": ours}
+    ours, cf_m, records = score_splits(setup, fn, splits, limit, sample_seed, eval_batch_size, length_bucket,
+                                       ZERO_SHOT, device_mesh, progress)
+    models = [ModelResult(ZERO_SHOT, "zero-shot", cfg.with_titles, limit, ours, ZERO_SHOT)]
     if cf_m:
-        models[f"{CF_NAMES.get(setup.cf.kind, setup.cf.kind)} (CF, same rows)"] = cf_m
+        models.append(ModelResult(CF_NAMES.get(setup.cf.kind, setup.cf.kind), "cf", True, limit, cf_m, None))
     results = {
         "title": f"Zero-shot {llm or 'SmolLM2-135M-Instruct (embedded)'} on {data}", "kind": "zero_shot",
         "data": data, "llm": llm or "SmolLM2-135M-Instruct (embedded)", "limit": limit, "max_titles": max_titles,
-        "models": models, "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {"ICL": PAPER_ML1M["ICL"]}},
+        "models": models_json(models), "paper": {"setting": "Vicuna-7B, ML-1M", "rows": {ZERO_SHOT: PAPER_ML1M[ZERO_SHOT]}},
         "note": _limit_note(limit, sample_seed), "wall_s": time.time() - t0,
     }
     return {**results, "results_json": str(write_outputs(pathlib.Path(out), results, records))}

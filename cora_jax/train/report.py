@@ -6,208 +6,22 @@ reference method (`--versus`, default CoRA-MF), in report.md and report.json, an
 inputs that have them (DIR/metrics.jsonl) for curves.png (cora_jax/train/curves.py).
 
 Each RUN_DIR may be a CoRA run dir (RUN/eval/results.json, targets from RUN/config.json), an eval /
-zero-shot / demo output dir or a CF run dir (DIR/results.json), or a results.json path.
+zero-shot / demo output dir or a CF run dir (DIR/results.json), or a results.json path. Here: the tables and
+report.json; the records are read in report_records.py, compared in paired_test.py and drawn in report_figures.py.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import pathlib
 
-import numpy as np
-
-from cora_jax.metrics import delong_paired
-from cora_jax.run_files import SCORES, ReportError, read_scores
-from cora_jax.train.evaluate import CF_NAMES, PAPER_ML1M, PAPER_ML1M_TARGETS
-
-EXPECTED = ("a CoRA run dir (with eval/results.json), an eval / zero-shot / demo output dir or a CF run dir "
-            "(with results.json), or a results.json file")
-DEFAULT_VERSUS = "CoRA-MF"
-
-
-def _results_path(arg: str) -> tuple[pathlib.Path, pathlib.Path | None]:
-    """(results.json, the CoRA run dir whose config.json names the targets, if known)."""
-    p = pathlib.Path(arg)
-    if p.is_file():
-        return p, None
-    if (p / "eval" / "results.json").is_file():
-        return p / "eval" / "results.json", p
-    if (p / "results.json").is_file():  # a config.json beside it (as under results/) is its run's
-        return p / "results.json", p if (p / "config.json").is_file() else None
-    raise ReportError(f"{arg}: expected {EXPECTED}" + (" (a CoRA run needs `eval.py --run` first)"
-                                                      if (p / "config.json").is_file() else ""))
-
-
-def _cora_targets(run_dir: pathlib.Path | None) -> str | None:
-    """The run's `model.targets`, or None without a config or when the run trained a baseline (whose
-    config still carries the unused CoRA defaults)."""
-    cfg = run_dir / "config.json" if run_dir else None
-    if not (cfg and cfg.is_file()):
-        return None
-    c = json.loads(cfg.read_text())
-    return c["model"]["targets"] if c.get("method", {}).get("kind", "cora") == "cora" else None
-
-
-def load_results(paths: list[str]) -> list[dict]:
-    """One record per (input, model): method (the paper's name, no suffix), with_titles, source (the results
-    file), run (its folder's shortest distinct name), label (method, "(ID-only)" when so, plus [run] when two
-    share it), data, llm, targets (CoRA rows of CoRA runs with a known config; Table 4 takes those with text),
-    splits {name: metrics}, name (the model's name in the file) and scores (the scores.jsonl beside it, or None)."""
-    records = []
-    for arg in paths:
-        path, run_dir = _results_path(arg)
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ReportError(f"{arg}: cannot read {path} as JSON ({e}); expected {EXPECTED}") from e
-        if not isinstance(res, dict) or ("models" not in res and "model" not in res):
-            raise ReportError(f"{arg}: {path} has neither 'models' (CoRA / zero-shot / demo) nor 'model' (CF); "
-                              f"expected {EXPECTED}")
-        base = {"source": str(path), "data": res.get("data") or res.get("preset") or "–"}
-        scores = next((str(f) for f in (path.parent / SCORES, path.parent / f"{SCORES}.gz") if f.is_file()), None)
-        if "models" not in res:  # a CF run: its splits at the top level
-            splits = {k: v for k, v in res.items() if isinstance(v, dict) and "auc" in v}
-            records.append({**base, "method": CF_NAMES.get(res["model"], res["model"]), "with_titles": True,
-                            "llm": "–", "targets": None, "splits": splits, "name": res["model"], "scores": scores})
-            continue
-        targets = _cora_targets(run_dir or (pathlib.Path(res["run"]) if res.get("run") else None))
-        for i, (name, splits) in enumerate(res["models"].items()):
-            method = name.split(" (")[0]  # "MF (CF, same rows)", "TALLRec (ID-only)" -> the paper's name
-            # The file's flag is the prompt of its first model (the run's method); the CF model reads no prompt.
-            with_titles = not name.endswith(" (ID-only)") and not (i == 0 and res.get("with_titles") is False)
-            cf_row = name.endswith("(CF, same rows)")
-            if cf_row and any(r["method"] == method and r["data"] == base["data"] and r["splits"] == splits
-                              for r in records):
-                continue  # runs scored on the same rows repeat the CF model's identical row: keep one
-            records.append({**base, "method": method, "with_titles": with_titles, "name": name, "scores": scores,
-                            "llm": "–" if cf_row else res.get("llm", "–"), "splits": splits,
-                            "targets": targets if method.startswith("CoRA") else None})
-    run_names = _short_run_names([r["source"] for r in records])
-    for r in records:
-        r["run"] = run_names[r["source"]]
-        r["label"] = r["method"] if r["with_titles"] else f"{r['method']} (ID-only)"
-    counts = collections.Counter(r["label"] for r in records)
-    for r in records:
-        if counts[r["label"]] > 1:
-            r["label"] = f"{r['label']} [{r['run']}]"
-    return records
-
-
-def _short_run_names(sources: list[str]) -> dict[str, str]:
-    """Each results file's folder, named by as few trailing path parts as set it apart from the other folders.
-    A run's own `eval/` folder counts as the run, and another eval* folder keeps its parent (the run) in its
-    name: runs/a/eval beside runs/a/eval-full -> "a", "a/eval-full"; x/b beside y/b -> "x/b", "y/b"."""
-    folders = {s: pathlib.PurePath(s).parent for s in sources}
-    folders = {s: f.parent if f.name == "eval" else f for s, f in folders.items()}
-    distinct = set(folders.values())
-
-    def name(f: pathlib.PurePath) -> str:
-        for k in range(2 if f.name.startswith("eval") else 1, len(f.parts) + 1):
-            suffix = f.parts[-k:]
-            if all(g.parts[-k:] != suffix for g in distinct - {f}):
-                return "/".join(suffix)
-        return str(f)
-    return {s: name(f) for s, f in folders.items()}
-
-
-def _test_auc(r: dict) -> float | None:
-    return (r["splits"].get("test") or {}).get("auc")
-
-
-def _pair_key(r: dict) -> tuple:
-    return r["method"], r["targets"], r["data"], r["llm"]
-
-
-def id_only_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
-    """(with text, ID-only) record pairs of one method (CoRA: and `targets`) on the same data and LLM, the paper's
-    Fig. 6 comparison; every combination when a form occurs more than once."""
-    groups = collections.defaultdict(lambda: ([], []))
-    for r in records:
-        groups[_pair_key(r)][0 if r["with_titles"] else 1].append(r)
-    return [(t, i) for text, ids in groups.values() for t in text for i in ids]
-
-
-def _row_keys(uid: np.ndarray, iid: np.ndarray) -> np.ndarray:
-    keys = np.empty(len(uid), dtype=[("uid", np.int64), ("iid", np.int64)])
-    keys["uid"], keys["iid"] = uid, iid
-    return keys
-
-
-def scored_test_rows(r: dict, cache: dict[str, list[dict]]) -> dict[str, np.ndarray] | str:
-    """The record's test rows in its scores.jsonl as arrays uid, iid, label, score and key (uid, iid), or why it
-    has none. Rows are tagged with the model's name in results.json or, as zero-shot's "ICL", its method name;
-    cache: path -> rows, so each file is read once."""
-    if r["scores"] is None:
-        return f"no {SCORES} beside the results file"
-    if r["scores"] not in cache:
-        cache[r["scores"]] = read_scores(r["scores"])
-    test = [x for x in cache[r["scores"]] if x["split"] == "test"]
-    tags = {x["model"] for x in test}
-    tag = r["name"] if r["name"] in tags else r["method"] if r["method"] in tags else None
-    if tag is None:
-        return f"{SCORES} has no test rows of {r['name']}"
-    rows = [x for x in test if x["model"] == tag]
-    cols = {}
-    for field, dtype in (("uid", np.int64), ("iid", np.int64), ("label", np.int64), ("score", np.float64)):
-        try:
-            cols[field] = np.array([x[field] for x in rows], dtype=dtype)
-        except (TypeError, ValueError) as e:
-            raise ReportError(f"{r['scores']}: field '{field}' of {tag}'s test rows is not a number ({e})") from e
-    if not np.isin(cols["label"], (0, 1)).all():
-        raise ReportError(f"{r['scores']}: field 'label' of {tag}'s test rows is not 0 / 1")
-    if not np.isfinite(cols["score"]).all():
-        raise ReportError(f"{r['scores']}: field 'score' of {tag}'s test rows is not a finite number")
-    cols["key"] = _row_keys(cols["uid"], cols["iid"])
-    ordered = np.sort(cols["key"])
-    if len(twice := ordered[1:][ordered[1:] == ordered[:-1]]):
-        raise ReportError(f"{r['scores']}: {tag} scored the test row uid {twice[0]['uid']}, iid {twice[0]['iid']} "
-                          "more than once")
-    return cols
-
-
-def compare_paired(r: dict, s: dict[str, np.ndarray], ref: dict, s_ref: dict[str, np.ndarray]) -> dict:
-    """DeLong's test of record r against the reference on the test rows both scored, matched by (uid, iid)."""
-    _, i, j = np.intersect1d(s["key"], s_ref["key"], assume_unique=True, return_indices=True)
-    if not len(i):
-        raise ReportError(f"{r['label']} ({r['scores']}) and the reference {ref['label']} ({ref['scores']}) scored "
-                          "no test row in common (rows matched by uid, iid)")
-    if len(bad := np.flatnonzero(s["label"][i] != s_ref["label"][j])):
-        k = i[bad[0]]
-        raise ReportError(f"{r['scores']} and {ref['scores']}: field 'label' differs on {len(bad)} of the {len(i)} "
-                          f"test rows both scored (first: uid {s['uid'][k]}, iid {s['iid'][k]})")
-    t = delong_paired(s["label"][i], s["score"][i], s_ref["score"][j])
-    return {"rows": len(i), "rows_method": len(s["key"]), "rows_reference": len(s_ref["key"]),
-            "positives": t.positives, "negatives": t.negatives, "auc": t.auc, "auc_reference": t.auc_reference,
-            "delta_auc": t.delta, "se": t.se, "ci95": [t.ci_low, t.ci_high], "p": t.p}
-
-
-def paired_vs_reference(records: list[dict], versus: str = DEFAULT_VERSUS, explicit: bool = False) -> dict:
-    """Every other record against the reference: the first input labelled `versus` or else the first with-text
-    one of method `versus`, preferring one with per-row test scores. Returns {versus, explicit, reference (a
-    record or None), note (why nothing or what was chosen; may be ""), rows [(record, compare_paired dict or why
-    there is none)]}. With explicit (--versus given), a reference that is missing or has no scores is an error."""
-    cache: dict[str, list[dict]] = {}
-    scores = [scored_test_rows(r, cache) for r in records]
-    named = [k for k, r in enumerate(records) if r["label"] == versus] or [
-        k for k, r in enumerate(records) if r["method"] == versus and r["with_titles"]]
-    scored = [k for k in named if not isinstance(scores[k], str)]
-    out = {"versus": versus, "explicit": explicit, "reference": None, "note": "", "rows": []}
-    if not scored:
-        why = (f"no input is labelled or named {versus} (labels: {', '.join(r['label'] for r in records)})"
-               if not named else f"{records[named[0]]['label']} has no per-row test scores "
-                                 f"({scores[named[0]]}; `{records[named[0]]['source']}`)")
-        if explicit:
-            raise ReportError(f"--versus {versus}: {why}")
-        return {**out, "note": f"No paired comparison: {why}. Name a reference with `--versus NAME`."}
-    ref = scored[0]
-    if len(named) > 1:
-        out["note"] = (f"{len(named)} inputs match `{versus}` ({', '.join(records[k]['label'] for k in named)}); the "
-                       "reference is the first with per-row test scores. Name another with `--versus 'LABEL'`.")
-    rows = [(r, s if isinstance(s, str) else compare_paired(r, s, records[ref], scores[ref]))
-            for k, (r, s) in enumerate(zip(records, scores)) if k != ref]
-    return {**out, "reference": records[ref], "rows": rows}
+from cora_jax.run_files import SCORES
+from cora_jax.train.curves import load_curves, plot_curves
+from cora_jax.train.evaluate import PAPER_ML1M, PAPER_ML1M_TARGETS
+from cora_jax.train.paired_test import DEFAULT_VERSUS, paired_vs_reference
+from cora_jax.train.report_figures import plot_id_only, plot_warm_cold
+from cora_jax.train.report_records import EXPECTED, auc_on_test, id_only_pairs, load_results, method_with_targets, pair_key
 
 
 def _signed(x: float | None) -> str:
@@ -280,10 +94,6 @@ def report_json(records: list[dict], paired: dict) -> dict:
         "note": paired["note"], "methods": methods})
 
 
-def _method_cell(r: dict) -> str:
-    return f"{r['method']} ({r['targets']})" if r["targets"] else r["method"]
-
-
 def _num(x) -> str:
     return "–" if x is None else "nan" if math.isnan(x) else f"{x:.4f}"
 
@@ -336,76 +146,20 @@ def markdown(records: list[dict], paired: dict | None = None) -> str:
     else:
         fig6 = []
         for t, i in pairs:
-            a, b = _test_auc(t), _test_auc(i)
-            fig6.append([_method_cell(t), t["data"], t["llm"], _num(a), _num(b),
+            a, b = auc_on_test(t), auc_on_test(i)
+            fig6.append([method_with_targets(t), t["data"], t["llm"], _num(a), _num(b),
                          _num(None if a is None or b is None else b - a), f"`{t['source']}`", f"`{i['source']}`"])
         lines += ["Test AUC with the titles in the prompt and with item IDs only; difference = ID-only − with "
                   "text (negative: the text helps).", "",
                   *_table(["method", "data", "LLM", "with-text test AUC", "ID-only test AUC", "difference",
                            "with-text source", "ID-only source"], fig6), "",
                   "![ID-only vs with-text test AUC](id_only.png)"]
-    with_text = {_pair_key(r) for r in records if r["with_titles"]}
-    if alone := [r for r in records if not r["with_titles"] and _pair_key(r) not in with_text]:
+    with_text = {pair_key(r) for r in records if r["with_titles"]}
+    if alone := [r for r in records if not r["with_titles"] and pair_key(r) not in with_text]:
         lines += ["", "ID-only runs without a with-text twin: " + ", ".join(
             f"{r['label']} (test AUC {_metric(r, 'test', 'auc')}, `{r['source']}`)" for r in alone) + "."]
     lines += ["", "## Figures", "", "![warm and cold AUC](warm_cold.png)"]
     return "\n".join(lines) + "\n"
-
-
-def _grouped_bars(path: str | pathlib.Path, series: list[tuple[str, str, list]], ticks: list[str], *, width_per_group: float,
-                  value_size: int, ylabel: str, title: str, legend: str) -> None:
-    """Two bars per group (series: (name, colour, values)), values on the bars, "–" and an empty bar where a
-    value is missing, a dashed chance line; written as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = [[None if a is None or math.isnan(a) else a for a in row] for _, _, row in series]
-    bottom = min([0.4] + [a - 0.05 for row in values for a in row if a is not None])
-    fig, ax = plt.subplots(figsize=(max(8.0, width_per_group * len(ticks) + 1), 5.5))
-    width = 0.38
-    for j, ((name, color, _), row) in enumerate(zip(series, values)):
-        xs = [i + (j - 0.5) * width for i in range(len(ticks))]
-        ax.bar(xs, [bottom if a is None else a for a in row], width, color=color, label=name)
-        for x, a in zip(xs, row):
-            ax.text(x, (bottom if a is None else a) + 0.005, "–" if a is None else f"{a:.3f}", ha="center",
-                    va="bottom", fontsize=value_size)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    _set_ticks(ax, ticks)
-    ax.set_ylim(bottom, 1.02)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(title=legend)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_warm_cold(records: list[dict], path: str | pathlib.Path) -> None:
-    """Grouped bars: test_warm and test_cold AUC per method."""
-    series = [(name, color, [(r["splits"].get(split) or {}).get("auc") for r in records])
-              for split, name, color in (("test_warm", "warm", "tab:orange"), ("test_cold", "cold", "tab:blue"))]
-    ticks = [r["label"].replace(" [", "\n[") + f"\n({pathlib.PurePath(r['data']).name})" for r in records]
-    _grouped_bars(path, series, ticks, width_per_group=1.2, value_size=7, ylabel="AUC", legend="test view",
-                  title="Warm vs cold test AUC\n(run in square brackets, data in round ones; dashed = chance)")
-
-
-def _set_ticks(ax, ticks: list[str]) -> None:
-    """Horizontal tick labels for a few short ones; slanted once they would run into each other."""
-    many = len(ticks) > 6 or max(len(line) for t in ticks for line in t.split("\n")) > 16
-    ax.set_xticks(range(len(ticks)), ticks, fontsize=8, rotation=30 if many else 0, ha="right" if many else "center",
-                  rotation_mode="anchor")
-
-
-def plot_id_only(pairs: list[tuple[dict, dict]], path: str | pathlib.Path) -> None:
-    """Grouped bars: with-text and ID-only test AUC per method."""
-    series = [(name, color, [_test_auc(p[j]) for p in pairs])
-              for j, (name, color) in enumerate((("with text", "tab:green"), ("ID-only", "tab:grey")))]
-    ticks = [f"{_method_cell(t)}\n({pathlib.PurePath(t['data']).name})" for t, _ in pairs]
-    if len(set(ticks)) < len(ticks):  # repeated runs of one method: name the runs
-        ticks = [f"{tick}\ntext: {t['run']}\nID-only: {i['run']}" for tick, (t, i) in zip(ticks, pairs)]
-    _grouped_bars(path, series, ticks, width_per_group=1.8, value_size=8, ylabel="test AUC", legend="prompt",
-                  title="ID-only vs with-text prompt, test AUC\n(data in brackets; dashed = chance)")
 
 
 def main(argv: list[str]) -> None:
@@ -417,8 +171,6 @@ def main(argv: list[str]) -> None:
                     help=f"the reference method of the paired DeLong test: a method (default {DEFAULT_VERSUS}) or a "
                          "row's label in report.md, e.g. 'CoRA-MF [run]'")
     a = ap.parse_args(argv)
-    from cora_jax.train.curves import load_curves, plot_curves  # here: curves imports this module
-
     records = load_results(a.runs)  # a ReportError here reaches the entry point: one line, before any output
     paired = paired_vs_reference(records, a.versus or DEFAULT_VERSUS, explicit=a.versus is not None)
     curves = load_curves(a.runs)

@@ -14,8 +14,10 @@ import json
 import pathlib
 import statistics
 
+from cora_jax.run_files import ReportError
 from cora_jax.train.curves import read_curve
-from cora_jax.train.report import ReportError, compare_paired, load_results, scored_test_rows
+from cora_jax.train.paired_test import compare_paired, scored_test_rows
+from cora_jax.train.report_records import load_results
 
 NEEDED = ("config.json", "metrics.jsonl", "results.json")
 
@@ -40,7 +42,7 @@ def load_run(folder: str) -> dict:
     except ValueError as e:
         raise ReportError(f"{folder}/config.json: not JSON ({e})") from e
     records = load_results([str(path / "results.json")])
-    cf = [r for r in records[1:] if r["name"].endswith("(CF, same rows)")]
+    cf = [r for r in records if r["role"] == "cf"]
     read = read_curve(path / "metrics.jsonl")  # the one reader of eval events (a re-evaluated step: the last wins)
     curve = list(zip(read["step"], read["valid_auc"]))
     if not curve:

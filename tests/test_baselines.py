@@ -10,16 +10,13 @@ import pytest
 from flax import nnx
 
 from cora_jax.baselines import BinaryCodeConfig, LoRAConfig, MethodConfig, TALLRec
-from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.cora import TRAINABLE
-from cora_jax.data import ITEM_SLOT, USER_SLOT, PromptConfig, load_dataset, render_prompt, split_prompts
+from cora_jax.data import ITEM_SLOT, USER_SLOT, PromptConfig, render_prompt, split_prompts
 from cora_jax.llm import Tokenizer, load_llm
 from cora_jax.train import TrainConfig, train
 from cora_jax.train.evaluate import evaluate_run
 from cora_jax.train.batches import make_batch, prepare_split
 from cora_jax.train.setup import SetupError, load_setup
-from cora_jax.train.mesh import MeshConfig
-from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 
 TAIL = 'Answer with "Yes" or "No". \\n#Answer:'
 
@@ -39,19 +36,8 @@ def test_collm_template_word_for_word_and_id_only():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines")
-    data = tiny_dataset(root / "data")
-    ds = load_dataset(data)
-    texts = [p for template in ("cora", "collm")
-             for p in split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3, template=template))]
-    llm_dir = tiny_llm_dir(root / "llm", texts)
-    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
-    base = TrainConfig(data=str(data), llm=str(llm_dir), cf=str(root / "cf"), max_titles=3, batch_size=4,
-                       eval_batch_size=8, max_steps=3, eval_every=3, progress=False, calibrate_rows=8,
-                       async_checkpoint=False, mesh=MeshConfig(fsdp=1), length_bucket=256,
-                       optim=dataclasses.replace(TrainConfig().optim, warmup_steps=1, decay_steps=4))
-    return root, base
+def tiny(tmp_path_factory, tiny_world):
+    return tmp_path_factory.mktemp("baselines"), tiny_world("cora", "collm").base
 
 
 def test_slot_tokens_replace_markers_and_keep_the_text_tokens(tiny):
@@ -113,6 +99,7 @@ def _lora(run_dir):
     return load_frozen_lora(dataclasses.replace(cfg.method, kind="collm", lora_from=str(run_dir)), load_setup(cfg))
 
 
+@pytest.mark.slow
 def test_every_baseline_trains_and_a_stage1_lora_stays_frozen(tiny):
     root, base = tiny
     _train(root, base, "tallrec", kind="tallrec")

@@ -95,6 +95,7 @@ def _svd_mf(ds, dim: int) -> FrozenCF:
     return FrozenCF(model, spec)
 
 
+@pytest.mark.slow
 def test_train_on_ml100k_beats_chance_on_warm_valid():
     from cora_jax.data import ensure_ml100k, load_dataset
 

@@ -62,6 +62,7 @@ def book(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_book_split_cf_and_a_cora_step(book, capsys):
     data = book / "amazon-book"
     data_main(["build", "--source", "amazon-book", "--raw", str(book / "raw"), "--out", str(data)])

@@ -96,6 +96,7 @@ def test_training_beats_random_and_checkpoint_round_trips(kind, synth, tmp_path)
     np.testing.assert_allclose([r["score"] for r in rows], scores, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(synth, tmp_path):
     cfg = CFTrainConfig(**{**FAST, "max_epochs": 2}, **SETTINGS["sasrec"])  # sasrec: dropout randomness too
     a = train_cf(cfg, synth, tmp_path / "a")
@@ -155,6 +156,7 @@ def test_grid_picks_best_valid(synth, tmp_path):
     load_cf(tmp_path / "lr0.1_wd1e-06")  # every grid point is a loadable run directory
 
 
+@pytest.mark.slow
 def test_mf_defaults_wait_for_learning(synth, tmp_path):
     """MF's N(0,1) start sits at chance for hundreds of epochs here; plain patience would stop there."""
     res = train_cf(CFTrainConfig(batch_size=128, progress=False), synth, tmp_path / "default")

@@ -10,12 +10,12 @@ import tyro
 
 from configs import PRESETS, get_preset
 from cora_jax.cf import CFTrainConfig, train_cf
-from cora_jax.data import DataError, PromptConfig, load_dataset, split_prompts
+from cora_jax.data import DataError
 from cora_jax.train import TrainConfig, load_setup, train
 from cora_jax.train.paired_test import scored_test_rows
 from cora_jax.train.report_records import load_results
 from cora_jax.train.setup import SetupError, get_split
-from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
+from cora_jax.train.tiny import tiny_dataset
 from cli_helpers import error_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -78,32 +78,28 @@ def test_eval_cli_needs_run_or_zero_shot(capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_world):
     root = tmp_path_factory.mktemp("cli")
-    data = tiny_dataset(root / "data")
     other = tiny_dataset(root / "other", rows={"train": 40, "valid": 20, "valid_small": 10, "test": 20})
-    ds = load_dataset(data)
-    llm = tiny_llm_dir(root / "llm", split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3)))
     train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(other), root / "cf-other")
-    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
-    return root, data, llm
+    return root, tiny_world("cora")
 
 
-def _cfg(root, data, llm, **kw) -> TrainConfig:
-    base = TrainConfig(data=str(data), llm=str(llm), cf=str(root / "cf"), out=str(root / "run"), max_titles=3)
+def _cfg(root, world, **kw) -> TrainConfig:
+    base = TrainConfig(data=str(world.data), llm=str(world.llm), cf=str(world.cf), out=str(root / "run"), max_titles=3)
     return dataclasses.replace(base, **kw)
 
 
 def test_cf_checkpoint_of_another_id_space_stops_before_training(tiny):
-    root, data, llm = tiny
+    root, world = tiny
     with pytest.raises(SetupError, match="belongs to another dataset"):
-        train(_cfg(root, data, llm, cf=str(root / "cf-other")))
+        train(_cfg(root, world, cf=str(root / "cf-other")))
     assert not (root / "run" / "checkpoints").exists() or not any((root / "run" / "checkpoints").iterdir())
 
 
 def test_llm_dimension_mismatch_stops_before_training(tiny):
-    root, data, llm = tiny
-    cfg = _cfg(root, data, llm)
+    root, world = tiny
+    cfg = _cfg(root, world)
     with pytest.raises(SetupError, match="hidden_size 32"):
         train(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=576)))
     with pytest.raises(SetupError, match="no such file or folder"):
@@ -113,8 +109,8 @@ def test_llm_dimension_mismatch_stops_before_training(tiny):
 
 
 def test_empty_split_stops_with_a_clear_message(tiny):
-    root, data, llm = tiny
-    setup = load_setup(_cfg(root, data, llm))
+    root, world = tiny
+    setup = load_setup(_cfg(root, world))
     assert len(setup.dataset["test"].warm()) == 0  # the tiny subset's test users are all cold
     with pytest.raises(SetupError, match="split 'test_warm' is empty"):
         get_split(setup.dataset, "test_warm", None)
@@ -123,13 +119,13 @@ def test_empty_split_stops_with_a_clear_message(tiny):
     # an empty split file is refused by the loader itself, naming the file
     empty = tiny_dataset(root / "empty", rows={"train": 40, "valid": 20, "valid_small": 0, "test": 20})
     with pytest.raises(DataError, match="valid_small.jsonl.gz:1: empty file"):
-        train(_cfg(root, empty, llm))
+        train(_cfg(root, world, data=str(empty)))
 
 
 def test_zero_shot_cli_scores_the_base_llm(tiny):
-    root, data, llm = tiny
+    root, world = tiny
     out = root / "zs"
-    _load("eval").main(["--zero-shot", "--llm", str(llm), "--data", str(data), "--cf", str(root / "cf"),
+    _load("eval").main(["--zero-shot", "--llm", str(world.llm), "--data", str(world.data), "--cf", str(world.cf),
                         "--split", "test", "--limit", "12", "--out", str(out), "--max-titles", "3", "--no-progress"])
     res = json.loads((out / "results.json").read_text())
     icl, cf = res["models"]["ICL (zero-shot base LLM)"], res["models"]["MF (CF, same rows)"]
@@ -147,7 +143,8 @@ def broken_llms(tiny):
     """LLM inputs that cannot be loaded: pickled weights only, a truncated file, a missing tensor, a corrupt GGUF."""
     from safetensors.numpy import load_file, save_file
 
-    root, _, llm = tiny
+    root, world = tiny
+    llm = world.llm
     out = root / "broken-llms"
     paths = {name: out / name for name in ("bin_only", "truncated", "missing_tensor")}
     for name, path in paths.items():
@@ -165,8 +162,8 @@ def broken_llms(tiny):
     return paths
 
 
-def _train_argv(root, data, llm, out, **flags) -> list[str]:
-    args = {"--data": str(data), "--llm": str(llm), "--cf": str(root / "cf"), "--out": str(out), "--max-titles": "3",
+def _train_argv(world, out, **flags) -> list[str]:
+    args = {"--data": str(world.data), "--llm": str(world.llm), "--cf": str(world.cf), "--out": str(out), "--max-titles": "3",
             **flags}
     return ["cora", "--preset", "demo-ml100k", "--no-progress", *(x for kv in args.items() for x in kv)]
 
@@ -186,11 +183,11 @@ TRAIN_REFUSALS = {  # case: (flags, part of the error line); {root} and broken_l
 
 @pytest.mark.parametrize("case", list(TRAIN_REFUSALS))
 def test_train_cli_refuses_in_one_line_and_writes_nothing(tiny, broken_llms, capsys, case):
-    root, data, llm = tiny
+    root, world = tiny
     names = {"root": root, **broken_llms}
     flags, expected = TRAIN_REFUSALS[case]
     out = root / f"refused-{case}"
-    argv = _train_argv(root, data, llm, out, **{k: v.format(**names) for k, v in flags.items()})
+    argv = _train_argv(world, out, **{k: v.format(**names) for k, v in flags.items()})
     assert expected.format(**names) in error_line(capsys, _load("train").main, argv)
     assert not out.exists()  # not even an empty run directory
 
@@ -214,9 +211,9 @@ def test_refused_resume_leaves_the_run_directory_intact(tiny, capsys):
     from cora_jax.train.checkpoint import write_json
     from cora_jax.train.config import to_dict
 
-    root, data, llm = tiny
+    root, world = tiny
     run = root / "resumable"
-    argv = _train_argv(root, data, llm, run)
+    argv = _train_argv(world, run)
     cfg = tyro.cli(TrainConfig, default=get_preset("demo-ml100k"), args=argv[3:])
     # the run so far: its checkpoint's meta (all a refusal reads) holds the config it was trained with
     ckpt = RunCheckpoints(run, async_save=False)
@@ -226,7 +223,7 @@ def test_refused_resume_leaves_the_run_directory_intact(tiny, capsys):
     write_json(run / "config.json", to_dict(cfg))
     (run / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
     before = _files(run)
-    line = error_line(capsys, _load("train").main, _train_argv(root, data, llm, run, **{"--model.rank": "3"}))
+    line = error_line(capsys, _load("train").main, _train_argv(world, run, **{"--model.rank": "3"}))
     assert line.startswith("error: refusing to resume a run of another configuration (")
     assert f"model.rank: {cfg.model.rank} (checkpoint) vs 3 (requested)" in line
     assert line.endswith("use a new --out folder, or rerun with the checkpoint's settings")

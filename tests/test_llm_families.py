@@ -128,6 +128,7 @@ def _check_parity(ref, model, tok, label):
     return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_hf_family_matches_transformers_on_left_padded_prompts(family, name):
     ref, path = family(name)
@@ -157,6 +158,7 @@ def test_answer_token_is_the_spaced_yes_of_the_models_own_tokenizer(family, name
     assert tok.bos_id == (None if name.startswith("qwen2") else vocab[SPECIALS[FAMILIES[name][2]][0]])
 
 
+@pytest.mark.slow
 def test_mistral_sliding_window_boundary(tmp_path):
     """A 16-token window over 37 (and, left padded, 30) tokens, as transformers applies it; a model without
     the window, or with one token more, is measurably wrong past the window."""
@@ -263,6 +265,7 @@ def _write_gguf(ref, tok_dir, path, arch, pre, style):
     w.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,arch,pre", [("llama3", "llama", "llama-bpe"), ("qwen2_tied", "qwen2", "qwen2"),
                                            ("qwen2_untied", "qwen2", "qwen2")])
 def test_gguf_family_matches_transformers(family, tmp_path, name, arch, pre):

@@ -44,6 +44,7 @@ def _save_tiny_hf(tmp_path, name, seed=0):
     return model, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HF_CASES))
 def test_tiny_hf_llama_logits_match_transformers(tmp_path, name):
     torch = pytest.importorskip("torch")
@@ -180,6 +181,7 @@ def smollm2():
     return load_llm(None)
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_answer_and_batch(smollm2):
     _, tok = smollm2
     assert tok.answer_token_id("Yes") == 9230 and tok.answer_token_id("No") == 2838
@@ -191,6 +193,7 @@ def test_smollm2_tokenizer_answer_and_batch(smollm2):
     assert [list(b) for b in buckets] == [[1, 3], [0, 4], [2]]
 
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers_gguf(smollm2, ml1m_dir):
     torch = pytest.importorskip("torch")
     pytest.importorskip("accelerate")
@@ -223,6 +226,7 @@ def test_smollm2_matches_transformers_gguf(smollm2, ml1m_dir):
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
+@pytest.mark.slow
 def test_config_from_gguf_metadata(smollm2):
     cfg = smollm2[0].config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from cora_jax.baselines import MethodConfig
-from cora_jax.cf import CFTrainConfig, train_cf
-from cora_jax.data import PromptConfig, load_dataset, render_prompt, split_prompts
-from cora_jax.train import TrainConfig, train
+from cora_jax.data import PromptConfig, render_prompt, split_prompts
+from cora_jax.train import train
 from cora_jax.train import mesh as M
 from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import RunCheckpoints
@@ -20,28 +19,22 @@ from cora_jax.train.models import build_model, restore_trainable
 from cora_jax.train.scoring import score_rows
 from cora_jax.train.setup import load_run_config, load_setup
 from cora_jax.train.recommend import candidate_split, interacted_items, latest_row
-from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 from cli_helpers import error_line
 from eval import main
+
+pytestmark = pytest.mark.slow  # trains two runs
 
 MESH = ["--mesh.fsdp", "1"]  # the mesh the runs trained on, so that every score below comes from the same shapes
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_world):
+    world = tiny_world("cora")
     root = tmp_path_factory.mktemp("recommend")
-    data = tiny_dataset(root / "data")
-    ds = load_dataset(data)
-    llm = tiny_llm_dir(root / "llm", split_prompts(ds, ds["train"], PromptConfig(domain=ds.domain, max_titles=3)))
-    train_cf(CFTrainConfig(dim=8, max_epochs=1, progress=False), str(data), root / "cf")
-    base = TrainConfig(data=str(data), llm=str(llm), cf=str(root / "cf"), max_titles=3, batch_size=4,
-                       eval_batch_size=8, max_steps=3, eval_every=3, progress=False, calibrate_rows=8,
-                       async_checkpoint=False, mesh=M.MeshConfig(fsdp=1), length_bucket=256,
-                       optim=dataclasses.replace(TrainConfig().optim, warmup_steps=1, decay_steps=4))
     for name, kind in (("cora", "cora"), ("collm", "collm")):
-        train(dataclasses.replace(base, method=MethodConfig(kind=kind), out=str(root / name)))
+        train(dataclasses.replace(world.base, method=MethodConfig(kind=kind), out=str(root / name)))
     # the user of the first test row: their latest row is a test row, which evaluation scores too
-    return root, ds, int(ds["test"].uid[0])
+    return root, world.ds, int(world.ds["test"].uid[0])
 
 
 def _recommend(capsys, *args) -> str:

@@ -28,7 +28,8 @@ def _second_round_faults(mode: str, size: int) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-@pytest.mark.parametrize("size", [1 << 28, 3 << 30], ids=["256MiB", "3GiB"])
+@pytest.mark.parametrize("size", [pytest.param(1 << 28, id="256MiB"),
+                                  pytest.param(3 << 30, id="3GiB", marks=pytest.mark.slow)])
 def test_retained_memory_is_reused_without_page_faults(size):
     pages = size // 4096
     assert _second_round_faults("default", size) > pages // 2  # glibc unmaps a freed large block ...

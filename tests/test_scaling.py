@@ -53,6 +53,7 @@ def _close(measured, expected, what):
     assert measured == pytest.approx(expected, rel=TOL), f"{what}: measured {measured:,.0f} B, closed form {expected:,.0f} B"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(1, 8, 1), (2, 4, 1)], ids=["fsdp8", "data2xfsdp4"])
 def test_fsdp_gathers_frozen_weights_twice_and_reduces_only_trainable_gradients(mesh):
     data, fsdp, _ = mesh
@@ -67,12 +68,14 @@ def test_fsdp_gathers_frozen_weights_twice_and_reduces_only_trainable_gradients(
     assert other < TOL * tot["all-gather"]["result_bytes"]  # the embedding lookup's small reshards only
 
 
+@pytest.mark.slow
 def test_data_parallel_all_reduces_the_trainable_gradients_only():
     tot, trainable = _compile((8, 1, 1))
     _close(tot["all-reduce"]["result_bytes"], trainable, "all-reduce")
     assert sum(tot[k]["ops"] for k in hlo.COLLECTIVES if k != "all-reduce") == 0
 
 
+@pytest.mark.slow
 def test_tensor_parallel_moves_activations_per_layer():
     tot, _ = _compile((1, 1, 4))
     # plus, per layer, 6 [B, T, r] partial products of the side branch (x G of the q/k/v input and ctx G

@@ -107,6 +107,7 @@ def _assert_trees_close(a, b, what: str):
         np.testing.assert_allclose(x, y, rtol=TOL, atol=TOL, err_msg=f"{what} {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES[1:])
 def test_same_numbers_as_one_device(runs, mesh_shape):
     ref, got = runs[(1, 1)], runs[mesh_shape]
@@ -118,6 +119,7 @@ def test_same_numbers_as_one_device(runs, mesh_shape):
         _assert_trees_close(got["updated"], ref["updated"], "updated param")
 
 
+@pytest.mark.slow
 def test_gradients_reach_generator_and_p(runs):
     """The comparison above is only meaningful if the gradients are not all zero."""
     g = runs[(1, 1)]["grads"]
@@ -127,6 +129,7 @@ def test_gradients_reach_generator_and_p(runs):
     assert "llm" not in g  # the frozen LLM is never differentiated
 
 
+@pytest.mark.slow
 def test_sharded_steps_match_unsharded_cora_call(runs):
     """batch_scores, what the steps call, is numerically CoRA.__call__, in eval and train mode."""
     graphdef, state = nnx.split(runs["model"])
@@ -148,6 +151,7 @@ def _spec(x) -> P:
     return x.sharding.spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape,fsdp", [((2, 4), 4), ((1, 8), 8)])
 def test_frozen_weights_are_fsdp_sharded(runs, mesh_shape, fsdp):
     st = runs[mesh_shape]["st"]
@@ -163,6 +167,7 @@ def test_frozen_weights_are_fsdp_sharded(runs, mesh_shape, fsdp):
     assert len({s.device for s in q.addressable_shards}) == 8
 
 
+@pytest.mark.slow
 def test_trainables_and_optimizer_state_follow_rules(runs):
     r = runs[(2, 4)]
     tr, opt = r["updated_dev"], r["opt_dev"]
@@ -175,6 +180,7 @@ def test_trainables_and_optimizer_state_follow_rules(runs):
     assert _spec(r["grads_dev"]["generator"]["proj"]["kernel"][...]) == P(None, "fsdp")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape,spec", [((8, 1), P("data")), ((2, 4), P(("data", "fsdp"))), ((1, 8), P("fsdp"))])
 def test_batch_and_scores_are_batch_sharded(runs, mesh_shape, spec):
     r = runs[mesh_shape]
@@ -198,6 +204,7 @@ def test_g_is_sharded_on_batch(runs):
     assert SH.constrain(x, G_AXES) is x  # outside a mesh: left as it is
 
 
+@pytest.mark.slow
 def test_orbax_restore_onto_another_mesh(runs, tmp_path):
     src, dst = runs[(2, 4)], runs[(1, 8)]
     state = {"frozen": nnx.to_pure_dict(src["st"].frozen), "trainable": nnx.to_pure_dict(src["updated_dev"]),
@@ -273,6 +280,7 @@ def _eval_log(run) -> dict[int, float]:
     return {r["step"]: r["valid_auc"] for r in records if r["event"] == "eval"}
 
 
+@pytest.mark.slow
 def test_train_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_train, monkeypatch, capsys):
     """train() on one device vs a run started on one device and resumed on data 2 x fsdp 4: the same
     trained parameters and valid AUCs; the resumed run's frozen LLM and trainables really are split."""
@@ -304,6 +312,7 @@ def test_train_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_t
     assert np.abs(_trained_params(root / "one")["p"]["q_proj"]).max() > 1e-4  # P really trained
 
 
+@pytest.mark.slow
 def test_llm_loads_straight_into_its_shardings(tiny_train):
     """load_setup(mesh=...) places every LLM weight, as it is read, in the sharding the step's placement
     gives it (each device receives only its slice); the values are those of a load onto one device."""
@@ -320,6 +329,7 @@ def test_llm_loads_straight_into_its_shardings(tiny_train):
     assert len({s.device for s in q.addressable_shards}) == 8
 
 
+@pytest.mark.slow
 def test_batch_size_not_divisible_by_the_mesh_is_refused(tiny_train):
     root, cfg, _ = tiny_train
     with pytest.raises(SetupError, match=r"batch_size = 4 is not divisible .*data 1 x fsdp 8 x tensor 1"):

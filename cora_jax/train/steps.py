@@ -28,12 +28,24 @@ def eval_fn(graphdef) -> Callable:
     return lambda trainable, frozen, b: nnx.merge(graphdef, trainable, frozen).batch_scores(b)
 
 
-def under_mesh(mesh: jax.sharding.Mesh, fn: Callable) -> Callable:
-    """fn called (and so traced) with `mesh` as the current mesh."""
-    def call(*args):
-        with jax.set_mesh(mesh):
-            return fn(*args)
-    return call
+class MeshBound:
+    """A jitted function called, and lowered ahead of time, with `mesh` as the current mesh, so that the
+    layers' logical constraints resolve against it."""
+
+    def __init__(self, mesh: jax.sharding.Mesh, jitted: Callable):
+        self.mesh, self.jitted = mesh, jitted
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)
+
+
+def under_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> MeshBound:
+    return MeshBound(mesh, jitted)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,7 +197,7 @@ def test_g_is_sharded_on_batch(runs):
 
     def g_of(trainable, frozen, b):
         return nnx.merge(graphdef, trainable, frozen).delta(b["e_u"], b["e_i"]).a["attn_in"]
-    g = S.under_mesh(r["mesh"], jax.jit(g_of))(r["st"].trainable, r["st"].frozen, r["batch"])
+    g = S.MeshBound(r["mesh"], jax.jit(g_of))(r["st"].trainable, r["st"].frozen, r["batch"])
     assert _spec(g) == P("fsdp")
     assert g.addressable_shards[0].data.shape == (1, *g.shape[1:])
     x = jnp.ones((B, 24, 4))

@@ -25,6 +25,11 @@ TARGETS = tuple(t for targets in INPUTS.values() for t in targets)
 INPUT_OF = {t: name for name, targets in INPUTS.items() for t in targets}
 
 
+def a_key(a: dict[str, jax.Array], target: str) -> str:
+    """The key of `a` holding the target's A: its own, else its input's."""
+    return target if target in a else INPUT_OF[target]
+
+
 @struct.dataclass
 class LowRankDelta:
     """Low-rank weight delta for the targeted projections: y = x W + scale * (dropout(x) A) B.
@@ -43,10 +48,6 @@ class LowRankDelta:
     dropout_rate: float = struct.field(pytree_node=False, default=0.0)
     a_per_layer: bool = struct.field(pytree_node=False, default=False)  # disambiguates 3-D A: [L,d,r] vs [B,d,r]
 
-    def a_key(self, target: str) -> str:
-        """The key of `a` holding the target's A: its own, else its input's."""
-        return target if target in self.a else INPUT_OF[target]
-
     def check(self, cfg: LlamaConfig, batch: int) -> None:
         """Raise ValueError naming the target whose factor shapes disagree with the model."""
         dims = cfg.target_dims()
@@ -54,11 +55,11 @@ class LowRankDelta:
         unknown = sorted(set(self.b) - set(TARGETS)) + sorted(set(self.a) - set(TARGETS) - set(INPUTS))
         if unknown:
             raise ValueError(f"LowRankDelta: unknown target {unknown[0]!r}; targets are {TARGETS}, inputs {tuple(INPUTS)}")
-        unused = sorted(set(self.a) - {self.a_key(t) for t in self.b})
+        unused = sorted(set(self.a) - {a_key(self.a, t) for t in self.b})
         if unused:
             raise ValueError(f"LowRankDelta: a[{unused[0]!r}] serves no target of b {sorted(self.b)}")
         for t, b in self.b.items():
-            key = self.a_key(t)
+            key = a_key(self.a, t)
             if key not in self.a:
                 raise ValueError(f"LowRankDelta: b[{t!r}] has no A: give a[{t!r}] or a[{key!r}]")
             d_in, d_out = dims[t]
@@ -104,14 +105,14 @@ class LayerDelta:
         xa_by_key: dict[str, jax.Array] = {}
         out = {}
         for t in targets:
-            a_key = t if t in self.a else input_name
-            if a_key not in xa_by_key:
-                a = self.a[a_key].astype(self.dtype)
+            key = a_key(self.a, t)
+            if key not in xa_by_key:
+                a = self.a[key].astype(self.dtype)
                 spec = "btd,bdr->btr" if a.ndim == 3 else "btd,dr->btr"
                 # the scale is applied on the rank-r activations, the cheapest place
-                xa_by_key[a_key] = jnp.einsum(spec, x_btd, a) * jnp.asarray(self.scale, self.dtype)
+                xa_by_key[key] = jnp.einsum(spec, x_btd, a) * jnp.asarray(self.scale, self.dtype)
             b = self.b[t].astype(self.dtype)
-            out[t] = jnp.einsum("btr,bro->bto" if b.ndim == 3 else "btr,ro->bto", xa_by_key[a_key], b)
+            out[t] = jnp.einsum("btr,bro->bto" if b.ndim == 3 else "btr,ro->bto", xa_by_key[key], b)
         return out
 
 

@@ -21,7 +21,7 @@ import jax
 
 from cora_jax.train import mesh as M
 from cora_jax.train import steps as S
-from cora_jax.train.batches import SplitInputs, TrainOrder, make_batch, prepare_split
+from cora_jax.train.batches import TrainOrder, make_batch, prepare_split
 from cora_jax.train.checkpoint import CheckpointReadError, RunCheckpoints, write_json
 from cora_jax.train.config import TrainConfig, to_dict
 from cora_jax.train.hooks import EvaluateAndCheckpoint, EventLog, LossWindow, ProgressBar, WallBudget
@@ -30,7 +30,7 @@ from cora_jax.train.optim import make_optimizer, make_schedule
 from cora_jax.train.scoring import score_rows
 from cora_jax.train.setup import CONFIG_FILE, Setup, get_split, load_setup, make_run_mesh
 from cora_jax.train.state import (
-    EarlyStopping, TrainState, calibrated_offset, intact_meta, set_loss_offset, unpack_state,
+    EarlyStopping, TrainState, calibrated_offset, intact_meta, set_loss_offset,
 )
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,8 +71,7 @@ def _restore(run_dir: pathlib.Path, config: dict, latest: int, skipped: list, st
         _, (params, resume, meta), skipped = reader.newest_intact(restore, below=latest, skipped=skipped)
     finally:
         reader.close()
-    trainable, opt_state, key = unpack_state(params, resume, st)
-    restored = TrainState(meta["step"], trainable, opt_state, key, EarlyStopping(**meta["early_stopping"]))
+    restored = TrainState.from_checkpoint(params, resume, meta, st)
     for err, dest in zip(skipped, reader.set_aside([err.step for err in skipped])):  # those steps are retrained
         if main:
             print(f"{err}; resuming from step {restored.step} (moved to {dest})", file=sys.stderr, flush=True)
@@ -109,8 +108,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
 
     setup = setup or load_setup(cfg, mesh=mesh, fit_codes=True)
     train_in = prepare_split(setup, get_split(setup.dataset, "train", cfg.train_limit))
-    valid_in: SplitInputs = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit,
-                                                           sample_seed=cfg.seed))
+    valid_in = prepare_split(setup, get_split(setup.dataset, "valid_small", cfg.valid_limit, sample_seed=cfg.seed))
     order = TrainOrder(train_in.lengths, cfg.batch_size, cfg.seed, cfg.bucket_train)
     tx, schedule = make_optimizer(cfg.optim), make_schedule(cfg.optim)
     graphdef, st = place_model(build_model(cfg, setup), tx, mesh)

@@ -1,5 +1,5 @@
 """What a checkpoint holds of a training run and how it comes back: the trainable parameters, the optimiser
-state and the dropout key (pack / unpack), the early-stopping counters, and the loss offset set at step 0."""
+state and the dropout key (TrainState), the early-stopping counters, and the loss offset set at step 0."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,28 +14,6 @@ from flax import nnx
 from cora_jax.train import steps as S
 from cora_jax.train.checkpoint import RunCheckpoints
 from cora_jax.train.config import RESUMABLE_FIELDS, with_defaults
-
-
-def checkpoint_tree(trainable, opt_state, key) -> tuple[dict, dict]:
-    """The checkpoint's two array items: the pure-dict parameters, and what only resuming needs
-    (optimiser-state leaves, raw key data on the host). With the live (placed) arrays they are also
-    the restore templates: their shardings are the targets."""
-    return nnx.to_pure_dict(trainable), {"opt": jax.tree.leaves(opt_state), "rng": np.asarray(jax.random.key_data(key))}
-
-
-def pack_state(trainable, opt_state, key) -> tuple[dict, dict]:
-    """checkpoint_tree with copies of the arrays (on their devices, same shardings), because the async
-    save may still be reading them when the next step donates the buffers."""
-    return jax.tree.map(lambda x: x.copy(), checkpoint_tree(trainable, opt_state, key))
-
-
-def unpack_state(params: dict, resume: dict, st: S.ShardedState):
-    """(trainable, opt_state, key) of a restored checkpoint_tree, on st's shardings."""
-    trainable = st.trainable
-    nnx.replace_by_pure_dict(trainable, params)
-    opt_state = jax.tree.unflatten(jax.tree.structure(st.opt_state), resume["opt"])
-    trainable, opt_state = jax.device_put((trainable, opt_state), (st.trainable_sh, st.opt_sh))
-    return trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(resume["rng"]))
 
 
 def intact_meta(ckpt: RunCheckpoints, step: int, config: dict) -> dict:
@@ -86,10 +64,24 @@ class TrainState:
     key: jax.Array                   # dropout: step s draws from fold_in(key, s)
     early_stopping: EarlyStopping
 
-    def checkpoint(self) -> tuple[dict, dict]:
-        """The arrays a checkpoint saves, copied (see pack_state)."""
-        return pack_state(self.trainable, self.opt_state, self.key)
-
     def templates(self) -> tuple[dict, dict]:
-        """The restore templates: the live arrays, whose shardings are the restore targets."""
-        return checkpoint_tree(self.trainable, self.opt_state, self.key)
+        """The checkpoint's two array items: the pure-dict parameters, and what only resuming needs (optimiser-state
+        leaves, raw key data on the host). Being the live (placed) arrays, they are also the restore templates:
+        their shardings are the targets."""
+        return (nnx.to_pure_dict(self.trainable),
+                {"opt": jax.tree.leaves(self.opt_state), "rng": np.asarray(jax.random.key_data(self.key))})
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        """templates() with copies of the arrays (on their devices, same shardings), because the async save may
+        still be reading them when the next step donates the buffers."""
+        return jax.tree.map(lambda x: x.copy(), self.templates())
+
+    @classmethod
+    def from_checkpoint(cls, params: dict, resume: dict, meta: dict, st: S.ShardedState) -> TrainState:
+        """The state a restored checkpoint (its two array items and meta) holds, on st's shardings."""
+        trainable = st.trainable
+        nnx.replace_by_pure_dict(trainable, params)
+        opt_state = jax.tree.unflatten(jax.tree.structure(st.opt_state), resume["opt"])
+        trainable, opt_state = jax.device_put((trainable, opt_state), (st.trainable_sh, st.opt_sh))
+        return cls(meta["step"], trainable, opt_state, jax.random.wrap_key_data(jnp.asarray(resume["rng"])),
+                   EarlyStopping(**meta["early_stopping"]))

@@ -44,10 +44,6 @@ class MeshBound:
             return self.jitted.lower(*args)
 
 
-def under_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> MeshBound:
-    return MeshBound(mesh, jitted)
-
-
 @dataclasses.dataclass(frozen=True)
 class ShardedState:
     """Trainable/frozen parameters and optimiser state placed on a mesh, with their shardings."""
@@ -90,14 +86,14 @@ def make_sharded_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
         loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen, b, key)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
-    return under_mesh(mesh, step)
+    return MeshBound(mesh, step)
 
 
 def make_sharded_grad_fn(loss_fn: Callable, st: ShardedState, mesh: jax.sharding.Mesh,
                          rules: Rules = ACTIVATION_RULES) -> Callable:
     """Jitted (trainable, frozen, batch, key) -> (loss, grads); grads sharded like `trainable`."""
     rep, bsh = NamedSharding(mesh, P()), M.batch_sharding(mesh, rules)
-    return under_mesh(mesh, jax.jit(jax.value_and_grad(loss_fn), in_shardings=(st.trainable_sh, st.frozen_sh, bsh, rep),
+    return MeshBound(mesh, jax.jit(jax.value_and_grad(loss_fn), in_shardings=(st.trainable_sh, st.frozen_sh, bsh, rep),
                                 out_shardings=(rep, st.trainable_sh)))
 
 
@@ -105,7 +101,7 @@ def make_sharded_eval_step(score_fn: Callable, st: ShardedState, mesh: jax.shard
                            rules: Rules = ACTIVATION_RULES) -> Callable:
     """Jitted (trainable, frozen, batch) -> scores [B] (batch-sharded)."""
     bsh = M.batch_sharding(mesh, rules)
-    return under_mesh(mesh, jax.jit(score_fn, in_shardings=(st.trainable_sh, st.frozen_sh, bsh), out_shardings=bsh))
+    return MeshBound(mesh, jax.jit(score_fn, in_shardings=(st.trainable_sh, st.frozen_sh, bsh), out_shardings=bsh))
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

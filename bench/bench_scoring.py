@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from cora_jax.batch import Batch
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig
 from cora_jax.errors import entry_point
 from cora_jax.llm import length_buckets, load_llm
@@ -76,7 +77,7 @@ def main(argv: list[str]):
         mask = np.zeros((args.batch, T), np.int32)
         for r, i in enumerate(full):
             ids[r, T - lengths[i]:], mask[r, T - lengths[i]:] = rows[i], 1
-        b = M.shard_batch({"ids": ids, "mask": mask, "e_u": e_u[full], "e_i": e_i[full]}, mesh)
+        b = M.shard_batch(Batch(ids, mask, e_u=e_u[full], e_i=e_i[full]), mesh)
         t = time.perf_counter()
         out = np.asarray(eval_step(st.trainable, st.frozen, b))
         dt = time.perf_counter() - t

@@ -69,6 +69,7 @@ import torch  # noqa: E402
 import torch_cora  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from cora_jax.batch import Batch  # noqa: E402
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig  # noqa: E402
 from cora_jax.llm import load_llm  # noqa: E402
 from cora_jax.train import mesh as M  # noqa: E402
@@ -106,8 +107,8 @@ def setup(args) -> dict:
     ids, mask = tok.batch(split_prompts(ds, split, PromptConfig(domain=ds.domain)))
     B = ids.shape[0]
     rng = np.random.default_rng(0)
-    batch = {"ids": ids, "mask": mask, "e_u": rng.standard_normal((B, CF_DIM)).astype(np.float32),
-             "e_i": rng.standard_normal((B, CF_DIM)).astype(np.float32), "label": split.label.astype(np.float32)}
+    batch = Batch(ids, mask, label=split.label.astype(np.float32), e_u=rng.standard_normal((B, CF_DIM)).astype(np.float32),
+                  e_i=rng.standard_normal((B, CF_DIM)).astype(np.float32))
     ccfg = CoRAConfig(rank=args.rank, alpha=2.0 * args.rank)
     L = llm.config.num_hidden_layers
     p_init = {t: 0.02 * np.random.default_rng(i).standard_normal(
@@ -135,11 +136,11 @@ def run_jax(args, llm, batch, answer, ccfg, p_init) -> dict:
                                                      jax.random.fold_in(jax.random.key(1), state["step"]))
         return float(loss)
 
-    base = np.asarray(nnx.jit(lambda m, i, k: m.score(i, k, jnp.asarray([answer]))[:, 0])(llm, batch["ids"], batch["mask"]))
+    base = np.asarray(nnx.jit(lambda m, i, k: m.score(i, k, jnp.asarray([answer]))[:, 0])(llm, batch.ids, batch.mask))
     train_s, train_pf, loss = timed(train, args.warmup, args.reps)
     eval_s, eval_pf, _ = timed(lambda: np.asarray(eval_step(state["tr"], st.frozen, jb)), args.warmup, args.reps)
     return dict(train_s=train_s, eval_s=eval_s, train_pf=train_pf, eval_pf=eval_pf, loss=loss, base=base.tolist(),
-                tokens=[*map(int, batch["ids"].shape), int(batch["mask"].sum())])
+                tokens=[*map(int, batch.ids.shape), int(batch.mask.sum())])
 
 
 def run_torch(args, llm, batch, answer, ccfg, p_init) -> dict:
@@ -165,8 +166,8 @@ def run_torch(args, llm, batch, answer, ccfg, p_init) -> dict:
 
     with torch.no_grad():  # the base LLM's scores: G = 0 makes the branch add 0
         model.eval()
-        g0 = torch.zeros(batch["ids"].shape[0], llm.config.hidden_size, args.rank)
-        base = model.yes_logits(batch["ids"], batch["mask"], g0).numpy()
+        g0 = torch.zeros(batch.ids.shape[0], llm.config.hidden_size, args.rank)
+        base = model.yes_logits(batch.ids, batch.mask, g0).numpy()
     train_s, train_pf, loss = timed(train, args.warmup, args.reps)
     eval_s, eval_pf, _ = timed(evaluate, args.warmup, args.reps)
     return dict(train_s=train_s, eval_s=eval_s, train_pf=train_pf, eval_pf=eval_pf, loss=loss, base=base.tolist(), torch_threads=torch.get_num_threads())

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cora_jax.batch import Batch
 from cora_jax.cora import TARGET_PRESETS, TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.errors import entry_point
 from cora_jax.llm import INPUT_OF, Llama, LlamaConfig, load_llm
@@ -116,10 +117,10 @@ def main(argv: list[str]):
     step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)
     rng = np.random.default_rng(0)
     B, T = args.batch, args.seq
-    batch = M.shard_batch({
-        "ids": rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32), "mask": np.ones((B, T), np.int32),
-        "e_u": rng.standard_normal((B, CF_DIM)).astype(np.float32), "e_i": rng.standard_normal((B, CF_DIM)).astype(np.float32),
-        "label": rng.integers(0, 2, B).astype(np.float32)}, mesh)
+    batch = M.shard_batch(Batch(
+        rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32), np.ones((B, T), np.int32),
+        label=rng.integers(0, 2, B).astype(np.float32), e_u=rng.standard_normal((B, CF_DIM)).astype(np.float32),
+        e_i=rng.standard_normal((B, CF_DIM)).astype(np.float32)), mesh)
     keys = [jax.random.key(i) for i in range(args.warmup + args.steps + 1)]
 
     t0 = time.perf_counter()

@@ -21,6 +21,8 @@ import torch
 import transformers
 from transformers.initialization import no_init_weights
 
+from cora_jax.batch import Batch
+
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -157,14 +159,14 @@ class TorchCoRA(torch.nn.Module):
         h = self.llm.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, -1]  # final-normed
         return h @ self.llm.get_output_embeddings().weight[self.answer_id]  # one LM-head row only
 
-    def scores(self, batch: dict) -> torch.Tensor:
+    def scores(self, batch: Batch) -> torch.Tensor:
         """batch: numpy ids/mask [B, T], e_u/e_i [B, cf_dim] -> "Yes" logits [B]."""
-        cf = torch.cat([torch.as_tensor(batch["e_u"]), torch.as_tensor(batch["e_i"])], -1)
-        return self.yes_logits(batch["ids"], batch["mask"], self.generator(cf))
+        cf = torch.cat([torch.as_tensor(batch.e_u), torch.as_tensor(batch.e_i)], -1)
+        return self.yes_logits(batch.ids, batch.mask, self.generator(cf))
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: Batch) -> torch.Tensor:
         logits = self.scores(batch) + self.loss_offset
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.as_tensor(batch["label"]).float())
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.as_tensor(batch.label).float())
 
     def trainables(self) -> list[tuple[str, list[torch.nn.Parameter], str]]:
         """(cora_jax path, torch parameters, layout) of every trainable; layout "T": a transposed
@@ -227,7 +229,7 @@ def make_optimizer(model: TorchCoRA, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=learning_rate(cfg, 0), betas=(cfg.b1, cfg.b2), eps=cfg.eps)
 
 
-def backward(model: TorchCoRA, batch: dict) -> torch.Tensor:
+def backward(model: TorchCoRA, batch: Batch) -> torch.Tensor:
     """Loss of the batch; its gradients are left in the trainables' .grad."""
     for p in model.parameters():
         p.grad = None

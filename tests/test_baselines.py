@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from cora_jax.baselines import BinaryCodeConfig, LoRAConfig, MethodConfig, TALLRec
+from cora_jax.batch import Batch
 from cora_jax.cora import TRAINABLE
 from cora_jax.data import ITEM_SLOT, USER_SLOT, PromptConfig, render_prompt, split_prompts
 from cora_jax.llm import Tokenizer, load_llm
@@ -77,14 +78,14 @@ def test_fresh_lora_is_the_base_model_and_its_factors_are_trainable(tiny):
     llm, tok = load_llm(base.llm)
     model = TALLRec(MethodConfig(kind="tallrec", lora=LoRAConfig(dropout=0.0)), llm, 5, rngs=nnx.Rngs(params=0))
     ids = jnp.asarray(np.random.default_rng(1).integers(2, llm.config.vocab_size, (3, 10)), jnp.int32)
-    b = {"ids": ids, "mask": jnp.ones_like(ids)}
-    np.testing.assert_array_equal(model.batch_scores(b), llm.score(ids, b["mask"], jnp.asarray([5]))[:, 0])
+    b = Batch(ids, jnp.ones_like(ids))
+    np.testing.assert_array_equal(model.batch_scores(b), llm.score(ids, b.mask, jnp.asarray([5]))[:, 0])
     trainable = nnx.state(model, TRAINABLE)
     names = {jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(trainable))[0]}
     assert names == {"lora/a/q_proj", "lora/a/v_proj", "lora/b/q_proj", "lora/b/v_proj", "loss_offset"}
     # a non-zero B changes the score: the LoRA really is in the forward
     model.lora.b["v_proj"][...] = jnp.ones_like(model.lora.b["v_proj"][...])
-    assert np.abs(np.asarray(model.batch_scores(b) - llm.score(ids, b["mask"], jnp.asarray([5]))[:, 0])).max() > 1e-3
+    assert np.abs(np.asarray(model.batch_scores(b) - llm.score(ids, b.mask, jnp.asarray([5]))[:, 0])).max() > 1e-3
 
 
 def _train(root, base, name, **method):
@@ -127,9 +128,9 @@ def test_slot_batches_carry_slots_and_ids(tiny):
     setup = load_setup(dataclasses.replace(base, method=MethodConfig(kind="collm")))
     inputs = prepare_split(setup, setup.dataset["valid"])
     b = make_batch(inputs, np.arange(4), setup.tokenizer.pad_id, 8)
-    assert sorted(b) == ["e_i", "e_u", "ids", "iid", "label", "mask", "slot", "uid"]
-    assert ((b["slot"] == 1).sum(axis=1) == 1).all() and ((b["slot"] == 2).sum(axis=1) == 1).all()
-    assert (b["mask"][b["slot"] > 0] == 1).all()
+    assert sorted(b.present()) == ["e_i", "e_u", "ids", "iid", "label", "mask", "slot", "uid"]
+    assert ((b.slot == 1).sum(axis=1) == 1).all() and ((b.slot == 2).sum(axis=1) == 1).all()
+    assert (b.mask[b.slot > 0] == 1).all()
 
 
 def test_bad_baseline_requests_stop_before_training(tiny):

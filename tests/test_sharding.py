@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cora_jax.batch import Batch
 from cora_jax.cf import CFTrainConfig, train_cf
 from cora_jax.cora import G_AXES, TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.data import PromptConfig, load_dataset, split_prompts
@@ -45,14 +46,13 @@ def _model() -> CoRA:
     return model
 
 
-def _batch() -> dict[str, np.ndarray]:
+def _batch() -> Batch:
     rng = np.random.default_rng(0)
     lengths = rng.integers(4, T + 1, B)
     mask = (np.arange(T)[None] >= T - lengths[:, None]).astype(np.int32)  # left padding
     ids = np.where(mask > 0, rng.integers(2, 61, (B, T)), 0).astype(np.int32)
-    return {"ids": ids, "mask": mask, "e_u": rng.standard_normal((B, CF)).astype(np.float32),
-            "e_i": rng.standard_normal((B, CF)).astype(np.float32),
-            "label": rng.integers(0, 2, B).astype(np.float32)}
+    e_u, e_i = rng.standard_normal((B, CF)).astype(np.float32), rng.standard_normal((B, CF)).astype(np.float32)
+    return Batch(ids, mask, label=rng.integers(0, 2, B).astype(np.float32), e_u=e_u, e_i=e_i)
 
 
 def _mesh(data: int, fsdp: int):
@@ -138,8 +138,8 @@ def test_sharded_steps_match_unsharded_cora_call(runs):
     @jax.jit
     def both(state):
         model = nnx.merge(graphdef, state)
-        return (model(b["ids"], b["mask"], b["e_u"], b["e_i"]), model.batch_scores(b, rng=key),
-                model(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=key))
+        return (model(b.ids, b.mask, b.e_u, b.e_i), model.batch_scores(b, rng=key),
+                model(b.ids, b.mask, b.e_u, b.e_i, rng=key))
     ref_eval, ours_train, ref_train = both(state)
     np.testing.assert_allclose(runs[(1, 1)]["scores"], np.asarray(ref_eval), rtol=TOL, atol=TOL)
     np.testing.assert_allclose(np.asarray(ours_train), np.asarray(ref_train), rtol=TOL, atol=TOL)
@@ -184,9 +184,9 @@ def test_trainables_and_optimizer_state_follow_rules(runs):
 @pytest.mark.parametrize("mesh_shape,spec", [((8, 1), P("data")), ((2, 4), P(("data", "fsdp"))), ((1, 8), P("fsdp"))])
 def test_batch_and_scores_are_batch_sharded(runs, mesh_shape, spec):
     r = runs[mesh_shape]
-    assert _spec(r["batch"]["ids"]) == spec
+    assert _spec(r["batch"].ids) == spec
     assert _spec(r["scores_dev"]) == spec
-    assert r["batch"]["e_u"].addressable_shards[0].data.shape == (1, CF)
+    assert r["batch"].e_u.addressable_shards[0].data.shape == (1, CF)
 
 
 def test_g_is_sharded_on_batch(runs):
@@ -196,7 +196,7 @@ def test_g_is_sharded_on_batch(runs):
     graphdef = nnx.split(runs["model"], TRAINABLE, ...)[0]
 
     def g_of(trainable, frozen, b):
-        return nnx.merge(graphdef, trainable, frozen).delta(b["e_u"], b["e_i"]).a["attn_in"]
+        return nnx.merge(graphdef, trainable, frozen).delta(b.e_u, b.e_i).a["attn_in"]
     g = S.MeshBound(r["mesh"], jax.jit(g_of))(r["st"].trainable, r["st"].frozen, r["batch"])
     assert _spec(g) == P("fsdp")
     assert g.addressable_shards[0].data.shape == (1, *g.shape[1:])
@@ -245,7 +245,7 @@ def test_mesh_config_validation():
     with pytest.raises(ValueError, match="--tensor must be >= 1 or -1, got 0"):
         M.MeshConfig(tensor=0).shape(8)
     with pytest.raises(ValueError, match="not divisible"):
-        M.shard_batch({"ids": np.zeros((6, 2), np.int32)}, _mesh(2, 4))
+        M.shard_batch(Batch(np.zeros((6, 2), np.int32), np.ones((6, 2), np.int32)), _mesh(2, 4))
 
 
 # ----------------------------------------------------------------- the training loop on a mesh

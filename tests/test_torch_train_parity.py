@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from configs.cora import CORA_MF_ML1M, DEMO_ML100K
+from cora_jax.batch import Batch
 from cora_jax.cora import CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.train import mesh as M
 from cora_jax.train import steps as S
@@ -53,7 +54,7 @@ def _cora(llm, ccfg: CoRAConfig, cf_dim: int, answer_id: int, offset: float) -> 
     return model
 
 
-def _jax_step(model: CoRA, batch: dict) -> dict:
+def _jax_step(model: CoRA, batch: Batch) -> dict:
     """cora_jax's training step on a 1-device mesh: parameters before and after, loss, gradients, Adam's
     first moment after the step (it holds the clipped gradient) and the weight-decay mask."""
     tx = make_optimizer(OPTIM)
@@ -128,9 +129,9 @@ def test_tiny_llama_train_step_matches_torch():
     mask = np.ones((B, T), np.int32)
     mask[0, :3] = 0  # left padding
     mask[2, :1] = 0
-    batch = {"ids": rng.integers(2, llm.config.vocab_size, (B, T)).astype(np.int32), "mask": mask,
-             "e_u": rng.standard_normal((B, cf_dim)).astype(np.float32),
-             "e_i": rng.standard_normal((B, cf_dim)).astype(np.float32), "label": np.array([1, 0, 1, 0], np.float32)}
+    batch = Batch(rng.integers(2, llm.config.vocab_size, (B, T)).astype(np.int32), mask,
+                  label=np.array([1, 0, 1, 0], np.float32), e_u=rng.standard_normal((B, cf_dim)).astype(np.float32),
+                  e_i=rng.standard_normal((B, cf_dim)).astype(np.float32))
     _check(_cora(llm, ccfg, cf_dim, answer_id=5, offset=0.3), cf_dim, batch)
 
 
@@ -146,8 +147,8 @@ def test_smollm2_train_step_matches_torch(ml1m_dir):
     assert 0 < labels.sum() < 4, "the batch should hold both labels"
     cf_dim = 256
     rng = np.random.default_rng(0)
-    batch = {"ids": ids, "mask": mask, "e_u": rng.standard_normal((4, cf_dim)).astype(np.float32),
-             "e_i": rng.standard_normal((4, cf_dim)).astype(np.float32), "label": labels}
+    batch = Batch(ids, mask, label=labels, e_u=rng.standard_normal((4, cf_dim)).astype(np.float32),
+                  e_i=rng.standard_normal((4, cf_dim)).astype(np.float32))
     # the preset's widths but 2 of its 8 (identical) generator blocks: all 8 add ~20 s of compiling and updating
     ccfg = _no_dropout(CORA_MF_ML1M.model)
     ccfg = dataclasses.replace(ccfg, generator=dataclasses.replace(ccfg.generator, num_layers=2))

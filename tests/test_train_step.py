@@ -6,6 +6,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cora_jax.batch import Batch
 from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
 from cora_jax.llm import Llama, LlamaConfig
 from cora_jax.train import mesh as M
@@ -47,9 +48,8 @@ def _batch(seed=0, B=4, T=6):
     rng = np.random.default_rng(seed)
     mask = np.ones((B, T), np.int32)
     mask[0, :2] = 0
-    return {"ids": rng.integers(2, 40, (B, T)).astype(np.int32), "mask": mask,
-            "e_u": rng.standard_normal((B, 8)).astype(np.float32), "e_i": rng.standard_normal((B, 8)).astype(np.float32),
-            "label": np.array([1, 0, 1, 0], np.float32)}
+    return Batch(rng.integers(2, 40, (B, T)).astype(np.int32), mask, label=np.array([1, 0, 1, 0], np.float32),
+                 e_u=rng.standard_normal((B, 8)).astype(np.float32), e_i=rng.standard_normal((B, 8)).astype(np.float32))
 
 
 def test_train_steps_change_only_generator_and_p():
@@ -66,8 +66,8 @@ def test_train_steps_change_only_generator_and_p():
     # gradient of step 1: all P zero -> the generator gets exactly no gradient (docs/reference.md#where-g-goes), P does
     def loss(tr):
         return optax.sigmoid_binary_cross_entropy(
-            nnx.merge(graphdef, tr, frozen)(*(jnp.asarray(_batch()[k]) for k in ("ids", "mask", "e_u", "e_i"))),
-            _batch()["label"]).mean()
+            nnx.merge(graphdef, tr, frozen)(*(jnp.asarray(getattr(_batch(), k)) for k in ("ids", "mask", "e_u", "e_i"))),
+            _batch().label).mean()
     grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(trainable))
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["generator"]))
     assert all(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["p"]))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cora_jax.baselines.binary_codes import BinaryCodeConfig
+from cora_jax.batch import Batch
 from cora_jax.cora.model import TARGET_PRESETS
 from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.llm import Llama, LowRankDelta
@@ -130,17 +131,17 @@ class LoRARecommender(nnx.Module):
         self.lora = LoRA(cfg.lora, llm, rngs=rngs, loaded=loaded_lora)
         self.loss_offset = nnx.Param(jnp.zeros((), jnp.float32))  # as CoRA's: inside the loss only
 
-    def slot_vectors(self, b: dict) -> jax.Array | None:
+    def slot_vectors(self, b: Batch) -> jax.Array | None:
         """[B, S, d_model] input embeddings of the S slot tokens; None = the prompt has no slots."""
         return None
 
-    def batch_scores(self, b: dict, *, rng: jax.Array | None = None) -> jax.Array:
+    def batch_scores(self, b: Batch, *, rng: jax.Array | None = None) -> jax.Array:
         answer = jnp.asarray([self.answer_id], jnp.int32)
         vectors = self.slot_vectors(b)
         if vectors is None:
-            return self.llm.score(b["ids"], b["mask"], answer, self.lora.delta(), dropout_rng=rng)[:, 0]
-        embeds = self.llm.embed_slots(b["ids"], b["slot"], vectors)
-        return self.llm.score(None, b["mask"], answer, self.lora.delta(), input_embeds=embeds, dropout_rng=rng)[:, 0]
+            return self.llm.score(b.ids, b.mask, answer, self.lora.delta(), dropout_rng=rng)[:, 0]
+        embeds = self.llm.embed_slots(b.ids, b.slot, vectors)
+        return self.llm.score(None, b.mask, answer, self.lora.delta(), input_embeds=embeds, dropout_rng=rng)[:, 0]
 
 
 class TALLRec(LoRARecommender):
@@ -155,8 +156,8 @@ class CoLLM(LoRARecommender):
         self.mlp_in = nnx.Linear(cf_dim, cfg.collm_hidden, rngs=rngs)
         self.mlp_out = nnx.Linear(cfg.collm_hidden, d, rngs=rngs)
 
-    def slot_vectors(self, b: dict) -> jax.Array:
-        e = jnp.stack([b["e_u"], b["e_i"]], axis=1)  # [B, 2, cf_dim]: slot 1 the user, slot 2 the item
+    def slot_vectors(self, b: Batch) -> jax.Array:
+        e = jnp.stack([b.e_u, b.e_i], axis=1)  # [B, 2, cf_dim]: slot 1 the user, slot 2 the item
         return self.mlp_out(jax.nn.relu(self.mlp_in(e)))
 
 
@@ -166,8 +167,8 @@ class Prompt4NR(LoRARecommender):
         super().__init__(cfg, llm, answer_id, rngs=rngs, loaded_lora=loaded_lora)
         self.soft = nnx.Param(_vocab_rows(llm, 2 * cfg.soft_tokens, rngs))  # user slot's tokens, then the item's
 
-    def slot_vectors(self, b: dict) -> jax.Array:
-        return jnp.broadcast_to(self.soft[...], (b["ids"].shape[0], *self.soft.shape))
+    def slot_vectors(self, b: Batch) -> jax.Array:
+        return jnp.broadcast_to(self.soft[...], (b.ids.shape[0], *self.soft.shape))
 
 
 class PersonPrompt(LoRARecommender):
@@ -177,6 +178,6 @@ class PersonPrompt(LoRARecommender):
         self.user_embedding = nnx.Param(_vocab_rows(llm, user_num, rngs))
         self.item_embedding = nnx.Param(_vocab_rows(llm, item_num, rngs))
 
-    def slot_vectors(self, b: dict) -> jax.Array:
-        return jnp.stack([jnp.take(self.user_embedding[...], b["uid"], axis=0),
-                          jnp.take(self.item_embedding[...], b["iid"], axis=0)], axis=1)
+    def slot_vectors(self, b: Batch) -> jax.Array:
+        return jnp.stack([jnp.take(self.user_embedding[...], b.uid, axis=0),
+                          jnp.take(self.item_embedding[...], b.iid, axis=0)], axis=1)

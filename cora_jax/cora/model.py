@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cora_jax.batch import Batch
 from cora_jax.cora.generator import CollabWeightGenerator, GeneratorConfig
 from cora_jax.errors import FlagError, flag_prefix
 from cora_jax.llm import INPUT_OF, PROJECTION_AXES, Llama, LowRankDelta
@@ -128,17 +129,17 @@ class CoRA(nnx.Module):
         answer = jnp.asarray([self.answer_id], jnp.int32)
         return self.llm.score(input_ids_bt, attention_mask_bt, answer, delta, dropout_rng=branch_rng)[:, 0]
 
-    def batch_scores(self, b: dict, *, rng: jax.Array | None = None) -> jax.Array:
-        """__call__ on a batch dict (ids, mask, e_u, e_i): the interface every recommender of the
-        training loop has (cora_jax.baselines)."""
-        return self(b["ids"], b["mask"], b["e_u"], b["e_i"], rng=rng)
+    def batch_scores(self, b: Batch, *, rng: jax.Array | None = None) -> jax.Array:
+        """__call__ on a Batch (ids, mask, e_u, e_i): the interface every recommender of the training loop
+        has (cora_jax.baselines)."""
+        return self(b.ids, b.mask, b.e_u, b.e_i, rng=rng)
 
 
 # Trainable = every Param outside the LLM: generator, p, own_a, loss_offset. The LLM is frozen by construction.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))
 
 
-def training_loss(model: nnx.Module, b: dict, rng: jax.Array) -> jax.Array:
+def training_loss(model: nnx.Module, b: Batch, rng: jax.Array) -> jax.Array:
     """Mean BCE of the "Yes" logits plus the learned loss offset: the objective of CoRA and of every baseline
     (cora_jax.baselines), which share `batch_scores` and `loss_offset`."""
-    return optax.sigmoid_binary_cross_entropy(model.batch_scores(b, rng=rng) + model.loss_offset[...], b["label"]).mean()
+    return optax.sigmoid_binary_cross_entropy(model.batch_scores(b, rng=rng) + model.loss_offset[...], b.label).mean()

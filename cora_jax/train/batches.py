@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from cora_jax.batch import Batch
 from cora_jax.train.setup import Setup, SetupError
 
 
@@ -44,7 +45,7 @@ def prepare_split(setup: Setup, split) -> SplitInputs:
                        np.asarray(split.label, np.float32))
 
 
-def make_batch(inputs: SplitInputs, idx: np.ndarray, pad_id: int, multiple: int) -> dict[str, np.ndarray]:
+def make_batch(inputs: SplitInputs, idx: np.ndarray, pad_id: int, multiple: int) -> Batch:
     """Left-padded numpy batch of rows idx: ids/mask [B, T] (T rounded up to `multiple`), uid/iid,
     label, and slot [B, T] / e_u, e_i when the inputs have them."""
     T = int(math.ceil(max(inputs.lengths[idx]) / multiple) * multiple)
@@ -57,13 +58,10 @@ def make_batch(inputs: SplitInputs, idx: np.ndarray, pad_id: int, multiple: int)
         mask[r, T - len(t):] = 1
         if inputs.slots is not None:
             slot[r, T - len(t):] = inputs.slots[i]
-    batch = {"ids": ids, "mask": mask, "label": inputs.labels[idx],
-             "uid": np.asarray(inputs.split.uid[idx], np.int32), "iid": np.asarray(inputs.split.iid[idx], np.int32)}
-    if inputs.slots is not None:
-        batch["slot"] = slot
-    if inputs.e_u is not None:
-        batch["e_u"], batch["e_i"] = inputs.e_u[idx], inputs.e_i[idx]
-    return batch
+    cf = inputs.e_u is not None
+    return Batch(ids, mask, label=inputs.labels[idx], uid=np.asarray(inputs.split.uid[idx], np.int32),
+                 iid=np.asarray(inputs.split.iid[idx], np.int32), slot=slot if inputs.slots is not None else None,
+                 e_u=inputs.e_u[idx] if cf else None, e_i=inputs.e_i[idx] if cf else None)
 
 
 class TrainOrder:

@@ -80,6 +80,7 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
     import numpy as np
     from flax import nnx
 
+    from cora_jax.batch import Batch
     from cora_jax.cora import TRAINABLE, CoRA, CoRAConfig, GeneratorConfig
     from cora_jax.llm import Llama
     from cora_jax.train import mesh as M
@@ -106,9 +107,9 @@ def abstract_step(req: MemoryRequest, llm_cfg=None, generator=None) -> dict:
     st = S.ShardedState(trainable, frozen, opt_abs, tr_sh, fr_sh, opt_sh)
     bsh = M.batch_sharding(mesh)
     sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=bsh)  # noqa: E731
-    batch = {"ids": sds((req.batch, req.seq), jnp.int32), "mask": sds((req.batch, req.seq), jnp.int32),
-             "e_u": sds((req.batch, req.cf_dim), jnp.float32), "e_i": sds((req.batch, req.cf_dim), jnp.float32),
-             "label": sds((req.batch,), jnp.float32)}
+    batch = Batch(sds((req.batch, req.seq), jnp.int32), sds((req.batch, req.seq), jnp.int32),
+                  label=sds((req.batch,), jnp.float32), e_u=sds((req.batch, req.cf_dim), jnp.float32),
+                  e_i=sds((req.batch, req.cf_dim), jnp.float32))
     key = jax.eval_shape(lambda: jax.random.key(0))
 
     step = S.make_sharded_train_step(S.loss_fn(graphdef), tx, st, mesh)

@@ -40,6 +40,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from cora_jax.batch import Batch
 from cora_jax.errors import FlagError
 from cora_jax.sharding import ACTIVATION_RULES, PARAM_RULES, Rules, spec_for
 
@@ -162,7 +163,7 @@ def process_rows(global_rows: int, mesh: jax.sharding.Mesh, rules: Rules = ACTIV
     return np.concatenate([np.arange(a, b) for a, b in ranges])
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> dict[str, jax.Array]:
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh, rules: Rules = ACTIVATION_RULES) -> Batch:
     """Global jax.Arrays of a global numpy batch (the same on every process).
 
     Each process hands jax only the rows its own devices hold (`process_rows`,
@@ -171,12 +172,12 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Ru
     sharding = batch_sharding(mesh, rules)
     n = batch_divisor(mesh, rules)
     out = {}
-    for k, v in batch.items():
+    for k, v in batch.present().items():
         v = np.asarray(v)
         if v.shape[0] % n:
-            raise ValueError(f"batch[{k!r}]: global batch {v.shape[0]} is not divisible by the batch mesh axes ({n} devices)")
+            raise ValueError(f"batch.{k}: global batch {v.shape[0]} is not divisible by the batch mesh axes ({n} devices)")
         out[k] = jax.make_array_from_process_local_data(sharding, v[process_rows(v.shape[0], mesh, rules)], v.shape)
-    return out
+    return dataclasses.replace(batch, **out)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -48,4 +48,4 @@ def base_score_fn(llm, answer_id: int, mesh: jax.sharding.Mesh) -> Callable:
     @partial(jax.jit, in_shardings=(shardings, bsh, bsh), out_shardings=bsh)
     def fn(state, ids, mask):
         return nnx.merge(graphdef, state).score(ids, mask, answer)[:, 0]
-    return lambda b: fn(state, b["ids"], b["mask"])
+    return lambda b: fn(state, b.ids, b.mask)

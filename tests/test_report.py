@@ -31,7 +31,7 @@ def inputs(tmp_path):
     _write(cf / "results.json", {"model": "mf", "data": "ml-1m-collm", "test": _m(0.6437, rows=7331),
                                  "test_warm": _m(0.7220), "test_cold": _m(0.4799), "valid": _m(0.6705)})
     zs = tmp_path / "zero-shot"
-    _write(zs / "results.json", {"kind": "zero_shot", "data": "ml-1m-collm", "llm": "TinyLLM",
+    _write(zs / "results.json", {"kind": "zero_shot", "data": "/host/data/ml-1m-collm", "llm": "TinyLLM",  # shown by name
                                  "models": {"ICL (zero-shot base LLM)": {"test": _m(0.5123, 0.5011, rows=2000)}}})
     runs = []
     for targets, auc in (("qkvo", 0.7012), ("qk", 0.6543)):

@@ -40,7 +40,7 @@ def plot_warm_cold(records: list[dict], path: str | pathlib.Path) -> None:
     """Grouped bars: test_warm and test_cold AUC per method."""
     series = [(name, color, [(r["splits"].get(split) or {}).get("auc") for r in records])
               for split, name, color in (("test_warm", "warm", "tab:orange"), ("test_cold", "cold", "tab:blue"))]
-    ticks = [r["label"].replace(" [", "\n[") + f"\n({pathlib.PurePath(r['data']).name})" for r in records]
+    ticks = [r["label"].replace(" [", "\n[") + f"\n({r['data']})" for r in records]
     _grouped_bars(path, series, ticks, width_per_group=1.2, value_size=7, ylabel="AUC", legend="test view",
                   title="Warm vs cold test AUC\n(run in square brackets, data in round ones; dashed = chance)")
 
@@ -56,7 +56,7 @@ def plot_id_only(pairs: list[tuple[dict, dict]], path: str | pathlib.Path) -> No
     """Grouped bars: with-text and ID-only test AUC per method."""
     series = [(name, color, [auc_on_test(p[j]) for p in pairs])
               for j, (name, color) in enumerate((("with text", "tab:green"), ("ID-only", "tab:grey")))]
-    ticks = [f"{method_with_targets(t)}\n({pathlib.PurePath(t['data']).name})" for t, _ in pairs]
+    ticks = [f"{method_with_targets(t)}\n({t['data']})" for t, _ in pairs]
     if len(set(ticks)) < len(ticks):  # repeated runs of one method: name the runs
         ticks = [f"{tick}\ntext: {t['run']}\nID-only: {i['run']}" for tick, (t, i) in zip(ticks, pairs)]
     _grouped_bars(path, series, ticks, width_per_group=1.8, value_size=8, ylabel="test AUC", legend="prompt",

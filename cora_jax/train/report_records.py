@@ -51,7 +51,9 @@ def load_results(paths: list[str]) -> list[dict]:
         if not isinstance(res, dict) or ("models" not in res and "model" not in res):
             raise ReportError(f"{arg}: {path} has neither 'models' (CoRA / zero-shot / demo) nor 'model' (CF); "
                               f"expected {EXPECTED}")
-        base = {"source": str(path), "data": res.get("data") or res.get("preset") or "–"}
+        # the dataset's folder name: the same data read from two places is one dataset, and no host path shows
+        data = pathlib.PurePath(res["data"]).name if res.get("data") else res.get("preset") or "–"
+        base = {"source": str(path), "data": data}
         scores = next((str(f) for f in (path.parent / SCORES, path.parent / f"{SCORES}.gz") if f.is_file()), None)
         run = run_dir or (pathlib.Path(res["run"]) if res.get("run") else None)
         targets = _cora_targets(run) if "models" in res else None  # a CF run's config is none of CoRA's

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from cora_jax.metrics import delong_paired
 from cora_jax.train.paired_test import scored_test_rows
+from cora_jax.train.report import paper_ordering
 from cora_jax.train.report_records import load_results, short_run_names
 from cora_jax.train.results import ModelResult, models_json
 from cli_helpers import error_line
@@ -251,22 +252,23 @@ def test_report_paired_delong(tmp_path):
     assert "Paired significance vs the reference: CoRA-MF [cora]" in md
     assert "Reference method: **CoRA-MF [cora]**" in section and "the default `--versus CoRA-MF`" in section
     assert rows["method"] == ["method", "paired test rows", "AUC", "reference AUC", "ΔAUC vs CoRA-MF [cora]",
-                              "95% CI", "p (DeLong)", "note"]
+                              "95% CI", "p (DeLong)", "paper ΔAUC", "paper's order here", "note"]
     assert "CoRA-MF [cora]" not in rows  # the reference is not compared with itself
     # eval.py writes no per-row scores for the CF model beside the run's own
-    assert rows["MF [cora]"][1:7] == ["–"] * 6
-    assert rows["MF [cora]"][7] == "no per-row test scores: scores.jsonl has no test rows of MF (CF, same rows)"
+    assert rows["MF [cora]"][1:9] == ["–"] * 8
+    assert rows["MF [cora]"][9] == "no per-row test scores: scores.jsonl has no test rows of MF (CF, same rows)"
     assert "2 inputs match `CoRA-MF` (CoRA-MF [cora], CoRA-MF [cora-again])" in section
     want = delong_paired(y[p], collm[p], cora[p])
     assert abs(want.auc - roc_auc_score(y[p], collm[p])) < 1e-12
     assert rows["CoLLM-MF"][:7] == ["CoLLM-MF", "280", f"{want.auc:.4f}", f"{roc_auc_score(y[p], cora[p]):.4f}",
                                     f"{want.delta:+.4f}", f"[{want.ci_low:+.4f}, {want.ci_high:+.4f}]",
                                     f"{want.p:.1e}" if want.p < 1e-4 else f"{want.p:.4f}"]
-    assert rows["CoLLM-MF"][7] == "the rows both scored: 280 of the method's 280 and the reference's 300"
+    assert rows["CoLLM-MF"][7:9] == ["-0.0333", "holds"]  # the paper: 0.7028 vs 0.7361; here significant too
+    assert rows["CoLLM-MF"][9] == "the rows both scored: 280 of the method's 280 and the reference's 300"
     assert want.delta < 0 and want.ci_high < 0  # the reference carries more signal: a negative, significant Δ
-    assert rows["ICL"][1] == "300" and rows["ICL"][7] == ""  # zero-shot rows are tagged "ICL"
+    assert rows["ICL"][1] == "300" and rows["ICL"][9] == ""  # zero-shot rows are tagged "ICL"
     # the same ranking (rows reversed, scores rescaled): exactly no difference, p 1
-    assert rows["CoRA-MF [cora-again]"][4:7] == ["+0.0000", "[+0.0000, +0.0000]", "1.0000"]
+    assert rows["CoRA-MF [cora-again]"][4:9] == ["+0.0000", "[+0.0000, +0.0000]", "1.0000", "+0.0000", "–"]
 
     rep = json.loads((out / "report.json").read_text())
     assert rep["reference"] == {"versus": "CoRA-MF", "chosen_with_versus": False, "label": "CoRA-MF [cora]",
@@ -279,6 +281,7 @@ def test_report_paired_delong(tmp_path):
     assert c["se"] == want.se and c["auc"] == want.auc
     assert methods["CoLLM-MF"]["splits"]["test"] == {"auc": 0.7, "uauc": 0.6, "rows": 280}
     assert methods["CoLLM-MF"]["paper_auc"] == 0.7028
+    assert methods["CoLLM-MF"]["paper_delta_auc"] == 0.7028 - 0.7361 and methods["CoLLM-MF"]["paper_order_here"] == "holds"
     same = methods["CoRA-MF [cora-again]"]["vs_reference"]
     assert (same["delta_auc"], same["se"], same["ci95"], same["p"]) == (0.0, 0.0, [0.0, 0.0], 1.0)
     assert methods["MF [cora]"]["vs_reference"] is None
@@ -290,7 +293,16 @@ def test_report_paired_delong(tmp_path):
     section, rows = _paired_rows((out2 / "report.md").read_text())
     assert "Reference method: **CoLLM-MF**" in section and "chosen with `--versus CoLLM-MF`" in section
     assert rows["CoRA-MF [cora]"][4] == f"{-want.delta:+.4f}"
+    assert rows["CoRA-MF [cora]"][7:9] == ["+0.0333", "holds"]
     assert json.loads((out2 / "report.json").read_text())["reference"]["label"] == "CoLLM-MF"
+
+
+@pytest.mark.parametrize("paper_d,ci95,verdict", [
+    (-0.03, (-0.05, -0.01), "holds"), (0.03, (0.01, 0.05), "holds"), (-0.03, (0.01, 0.05), "reversed"),
+    (0.03, (-0.05, -0.01), "reversed"), (-0.03, (-0.05, 0.01), "not resolved"), (0.03, (0.0, 0.05), "not resolved"),
+    (None, (-0.05, -0.01), "–"), (0.0, (-0.05, -0.01), "–"), (0.03, (float("nan"), float("nan")), "–")])
+def test_paper_ordering(paper_d, ci95, verdict):
+    assert paper_ordering(paper_d, ci95) == verdict
 
 
 def test_report_paired_without_scores(inputs, tmp_path, capsys):

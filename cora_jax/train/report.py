@@ -32,6 +32,23 @@ def _p_value(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.1e}" if x < 1e-4 else f"{x:.4f}"
 
 
+def paper_delta(method: str, reference: str) -> float | None:
+    """The paper's ML-1M test AUC of `method` minus the reference's; None when the paper has either not."""
+    a, b = PAPER_ML1M.get(method, (None,))[0], PAPER_ML1M.get(reference, (None,))[0]
+    return None if a is None or b is None else a - b
+
+
+def paper_ordering(paper_d: float | None, ci95: tuple[float, float]) -> str:
+    """Whether the paper's order of a method and the reference holds on our rows: 'holds' / 'reversed' when the
+    95% CI of our paired ΔAUC excludes 0 on the paper's / the other side, 'not resolved' when it spans 0."""
+    if paper_d is None or paper_d == 0 or any(math.isnan(x) for x in ci95):
+        return "–"
+    lo, hi = ci95
+    if lo <= 0 <= hi:
+        return "not resolved"
+    return "holds" if (lo > 0) == (paper_d > 0) else "reversed"
+
+
 def paired_section(paired: dict) -> list[str]:
     """report.md's section on each method against the reference (paired_vs_reference's result)."""
     ref = paired["reference"]
@@ -43,21 +60,25 @@ def paired_section(paired: dict) -> list[str]:
     lines += [f"Reference method: **{ref['label']}** (`{ref['source']}`; {chosen}). Each other method against it on "
               f"the test rows both scored, matched by (uid, iid) in their {SCORES}: AUC on those rows, ΔAUC = "
               "method − reference (negative: the reference ranks better), its 95% CI and the two-sided p-value of "
-              "DeLong's test for two correlated ROC curves.", ""]
+              "DeLong's test for two correlated ROC curves. Paper ΔAUC: the same difference in the paper's table; "
+              "its order holds here when our CI excludes 0 on its side, is reversed when it excludes 0 on the "
+              "other, and is not resolved when it spans 0.", ""]
     if paired["note"]:
         lines += [paired["note"], ""]
     table = []
     for r, c in paired["rows"]:
         if isinstance(c, str):
-            table.append([r["label"], "–", "–", "–", "–", "–", "–", f"no per-row test scores: {c}"])
+            table.append([r["label"], "–", "–", "–", "–", "–", "–", "–", "–", f"no per-row test scores: {c}"])
             continue
         partial = c["rows"] < max(c["rows_method"], c["rows_reference"])
+        paper_d = paper_delta(r["method"], ref["method"])
         table.append([r["label"], str(c["rows"]), _num(c["auc"]), _num(c["auc_reference"]), _signed(c["delta_auc"]),
-                      f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}]", _p_value(c["p"]),
+                      f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}]", _p_value(c["p"]), _signed(paper_d),
+                      paper_ordering(paper_d, c["ci95"]),
                       f"the rows both scored: {c['rows']} of the method's {c['rows_method']} and the reference's "
                       f"{c['rows_reference']}" if partial else ""])
     return lines + _table(["method", "paired test rows", "AUC", "reference AUC", f"ΔAUC vs {ref['label']}", "95% CI",
-                           "p (DeLong)", "note"], table) + [""]
+                           "p (DeLong)", "paper ΔAUC", "paper's order here", "note"], table) + [""]
 
 
 def _finite(x):
@@ -79,12 +100,14 @@ def report_json(records: list[dict], paired: dict) -> dict:
     for r in records:
         c = vs.get(id(r))
         paper = PAPER_ML1M.get(r["method"], (None, None))
+        paper_d = paper_delta(r["method"], ref["method"]) if ref and isinstance(c, dict) else None
         methods.append({
             **{k: r[k] for k in ("label", "method", "with_titles", "targets", "data", "llm", "run", "source")},
             "splits": {s: {k: m.get(k) for k in ("auc", "uauc", "rows")} for s in ("test", "test_warm", "test_cold")
                        if (m := r["splits"].get(s))},
             "paper_auc": paper[0], "paper_uauc": paper[1], "is_reference": r is ref,
             "vs_reference": c if isinstance(c, dict) else None,
+            "paper_delta_auc": paper_d, "paper_order_here": paper_ordering(paper_d, c["ci95"]) if paper_d is not None else None,
             "vs_reference_note": c if isinstance(c, str) else None})
     return _finite({
         "reference": {"versus": paired["versus"], "chosen_with_versus": paired["explicit"],

@@ -243,6 +243,7 @@ def test_report_paired_delong(tmp_path):
     runs = [_scored_run(tmp_path, "cora", "CoRA-MF", uid, iid, y, cora),
             _scored_run(tmp_path, "collm", "CoLLM-MF", uid[p], iid[p], y[p], collm[p]),
             _scored_run(tmp_path, "zs", "ICL", uid, iid, y, icl, key="ICL (zero-shot base LLM)"),
+            _scored_run(tmp_path, "collm-ids", "CoLLM-MF (ID-only)", uid, iid, y, collm),
             _scored_run(tmp_path, "cora-again", "CoRA-MF", uid[::-1], iid[::-1], y[::-1], cora[::-1] * 2 + 1,
                         key="CoRA-MF")]
     out = tmp_path / "report"
@@ -266,7 +267,8 @@ def test_report_paired_delong(tmp_path):
     assert rows["CoLLM-MF"][7:9] == ["-0.0333", "holds"]  # the paper: 0.7028 vs 0.7361; here significant too
     assert rows["CoLLM-MF"][9] == "the rows both scored: 280 of the method's 280 and the reference's 300"
     assert want.delta < 0 and want.ci_high < 0  # the reference carries more signal: a negative, significant Δ
-    assert rows["ICL"][1] == "300" and rows["ICL"][9] == ""  # zero-shot rows are tagged "ICL"
+    assert rows["ICL"][1] == "300" and rows["ICL"][9] == ""
+    assert rows["CoLLM-MF (ID-only)"][7:9] == ["–", "–"]  # the paper's figures are with titles: none to compare  # zero-shot rows are tagged "ICL"
     # the same ranking (rows reversed, scores rescaled): exactly no difference, p 1
     assert rows["CoRA-MF [cora-again]"][4:9] == ["+0.0000", "[+0.0000, +0.0000]", "1.0000", "+0.0000", "–"]
 

@@ -32,9 +32,10 @@ def _p_value(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.1e}" if x < 1e-4 else f"{x:.4f}"
 
 
-def paper_delta(method: str, reference: str) -> float | None:
-    """The paper's ML-1M test AUC of `method` minus the reference's; None when the paper has either not."""
-    a, b = PAPER_ML1M.get(method, (None,))[0], PAPER_ML1M.get(reference, (None,))[0]
+def paper_delta(r: dict, ref: dict) -> float | None:
+    """The paper's ML-1M test AUC of record r's method minus the reference's; None when the paper has either
+    not (the paper's figures are with the titles in the prompt, so an ID-only run has none)."""
+    a, b = (PAPER_ML1M.get(x["method"], (None,))[0] if x["with_titles"] else None for x in (r, ref))
     return None if a is None or b is None else a - b
 
 
@@ -71,7 +72,7 @@ def paired_section(paired: dict) -> list[str]:
             table.append([r["label"], "–", "–", "–", "–", "–", "–", "–", "–", f"no per-row test scores: {c}"])
             continue
         partial = c["rows"] < max(c["rows_method"], c["rows_reference"])
-        paper_d = paper_delta(r["method"], ref["method"])
+        paper_d = paper_delta(r, ref)
         table.append([r["label"], str(c["rows"]), _num(c["auc"]), _num(c["auc_reference"]), _signed(c["delta_auc"]),
                       f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}]", _p_value(c["p"]), _signed(paper_d),
                       paper_ordering(paper_d, c["ci95"]),
@@ -100,7 +101,7 @@ def report_json(records: list[dict], paired: dict) -> dict:
     for r in records:
         c = vs.get(id(r))
         paper = PAPER_ML1M.get(r["method"], (None, None))
-        paper_d = paper_delta(r["method"], ref["method"]) if ref and isinstance(c, dict) else None
+        paper_d = paper_delta(r, ref) if ref and isinstance(c, dict) else None
         methods.append({
             **{k: r[k] for k in ("label", "method", "with_titles", "targets", "data", "llm", "run", "source")},
             "splits": {s: {k: m.get(k) for k in ("auc", "uauc", "rows")} for s in ("test", "test_warm", "test_cold")
